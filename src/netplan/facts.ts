@@ -1,0 +1,164 @@
+import { readFile } from "node:fs/promises";
+import { z } from "zod";
+import type { Node as YamlNode } from "yaml";
+import { ConfigError } from "../configfile/issues.js";
+import type { ConfigIssue, Result } from "../configfile/issues.js";
+import { canonicalIp, cidrContains, parseCidr } from "../configfile/net.js";
+import { YamlSource } from "../configfile/yamldoc.js";
+import type { Topology } from "../topology/types.js";
+
+// What a node knows about itself and the cluster at planning time. On a real node the agent
+// discovers these (links, the API server, the CNI); `offmesh render` reads them from a file whose
+// schema is documented in docs/node-facts.md.
+
+const ifName = z
+  .string()
+  .regex(/^[^\s/:]{1,15}$/, "must be a Linux interface name (1–15 characters, no spaces, '/' or ':')");
+const ip = z.string().refine((s) => canonicalIp(s) !== undefined, "must be an IP address");
+const cidr = z.string().refine((s) => parseCidr(s) !== undefined, "must be a CIDR such as 10.244.0.0/24");
+const name = z.string().min(1, "must not be empty");
+
+const podSchema = z.strictObject({
+  uid: name,
+  name: name,
+  namespace: name,
+  node: name,
+  ips: z.array(ip).default([]),
+  hostNetwork: z.boolean().default(false),
+});
+
+export const factsSchema = z.strictObject({
+  node: name.optional(),
+  nic: z.strictObject({
+    name: ifName,
+    ip,
+    mtu: z.number().int().min(576, "must be at least 576").max(65535, "must be at most 65535").default(1500),
+  }),
+  podCIDRs: z.array(cidr).min(1, "must list the node's pod CIDR"),
+  podGateway: ip,
+  clusterPodCIDRs: z.array(cidr).min(1, "must list the cluster's pod CIDRs (masquerade exemption)"),
+  nodes: z
+    .array(
+      z.strictObject({
+        name,
+        ips: z.array(ip).min(1, "must list the node's InternalIP addresses"),
+        podCIDRs: z.array(cidr).default([]),
+      }),
+    )
+    .default([]),
+  ztunnel: z
+    .strictObject({
+      ip,
+      hostVeth: ifName.optional(),
+      captureDNS: z.boolean().default(false),
+    })
+    .optional(),
+  tunnel: z.enum(["geneve", "vxlan", "veth"]).default("geneve"),
+  pods: z.array(podSchema).default([]),
+});
+
+export type NodeFacts = z.infer<typeof factsSchema>;
+export type PodFacts = z.infer<typeof podSchema>;
+
+/**
+ * Parse and validate a node-facts file; with a topology and node name, also check that the facts
+ * agree with cluster-conf.yaml (the node's address, pod gateway inside the pod CIDR, …).
+ */
+export function parseFacts(
+  text: string,
+  file: string,
+  context?: { topology: Topology; node: string },
+): Result<NodeFacts> {
+  const src = new YamlSource(file, text);
+  if (!src.wellFormed) return { ok: false, issues: src.issues };
+  const parsed = factsSchema.safeParse(src.doc.toJS());
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) {
+      const path = issue.path.map((p) => (typeof p === "symbol" ? String(p) : p));
+      src.report(nodeAt(src, path), fieldName(path), zodMessage(issue));
+    }
+    return { ok: false, issues: src.issues };
+  }
+  const facts = parsed.data;
+  if (context) {
+    for (const { path, message } of crossCheck(facts, context.topology, context.node)) {
+      src.report(nodeAt(src, path), fieldName(path), message);
+    }
+  }
+  return src.issues.length > 0 ? { ok: false, issues: src.issues } : { ok: true, value: facts };
+}
+
+export async function loadFactsFile(path: string, context?: { topology: Topology; node: string }): Promise<NodeFacts> {
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (err) {
+    throw new ConfigError([{ file: path, field: "(file)", message: `cannot be read: ${(err as Error).message}` }]);
+  }
+  const parsed = parseFacts(text, path, context);
+  if (!parsed.ok) throw new ConfigError(parsed.issues);
+  return parsed.value;
+}
+
+type Path = readonly (string | number)[];
+
+function crossCheck(facts: NodeFacts, topo: Topology, node: string): { path: Path; message: string }[] {
+  const out: { path: Path; message: string }[] = [];
+  if (facts.node !== undefined && facts.node !== node) {
+    out.push({ path: ["node"], message: `describes node "${facts.node}" but --node is "${node}"` });
+  }
+  const self = topo.byName.get(node);
+  const nicIp = canonicalIp(facts.nic.ip);
+  if (self && nicIp && nicIp.ip !== self.ip) {
+    out.push({
+      path: ["nic", "ip"],
+      message: `${facts.nic.ip} is not the address ${topo.file} declares for "${node}" (${self.ip} at ${self.declaredAt})`,
+    });
+  }
+  const cidrs = facts.podCIDRs.map((c) => parseCidr(c)).filter((c) => c !== undefined);
+  if (!cidrs.some((c) => cidrContains(c, facts.podGateway))) {
+    out.push({ path: ["podGateway"], message: `${facts.podGateway} is not inside the node's pod CIDRs (${facts.podCIDRs.join(", ")})` });
+  }
+  const families = new Set<number>();
+  facts.podCIDRs.forEach((c, i) => {
+    const f = parseCidr(c)?.family;
+    if (f !== undefined && families.has(f)) {
+      out.push({ path: ["podCIDRs", i], message: `a node has at most one pod CIDR per IP family; ${c} is a second IPv${f} CIDR` });
+    }
+    if (f !== undefined) families.add(f);
+  });
+  const seen = new Set<string>();
+  facts.nodes.forEach((n, i) => {
+    if (n.name === node) out.push({ path: ["nodes", i, "name"], message: `lists the node itself; nodes holds the other nodes of the cluster` });
+    if (seen.has(n.name)) out.push({ path: ["nodes", i, "name"], message: `node "${n.name}" is listed twice` });
+    seen.add(n.name);
+  });
+  if (facts.ztunnel && self && self.role !== "cpu" && facts.ztunnel.hostVeth === undefined) {
+    out.push({ path: ["ztunnel", "hostVeth"], message: `is required on a ${self.role} node: the ztunnel pod runs here and its host-side veth carries the tunnels` });
+  }
+  return out;
+}
+
+function nodeAt(src: YamlSource, path: Path): YamlNode | undefined {
+  // Walk up until a node exists, so a missing key is reported at its parent mapping.
+  for (let n = path.length; n >= 0; n--) {
+    const node = n === 0 ? src.doc.contents : src.doc.getIn(path.slice(0, n), true);
+    if (node && typeof node === "object" && "range" in node) return node as YamlNode;
+  }
+  return undefined;
+}
+
+function fieldName(path: Path): string {
+  if (path.length === 0) return "(file)";
+  return path.map((p, i) => (typeof p === "number" ? `[${p}]` : i === 0 ? p : `.${p}`)).join("");
+}
+
+function zodMessage(issue: z.core.$ZodIssue): string {
+  if (issue.code === "unrecognized_keys") return `unknown key(s): ${issue.keys.join(", ")}`;
+  if (issue.code === "invalid_type" && issue.input === undefined) return `is missing (expected ${issue.expected})`;
+  return issue.message;
+}
+
+export function describeIssues(issues: readonly ConfigIssue[]): string {
+  return issues.map((i) => `${i.field}: ${i.message}`).join("; ");
+}
