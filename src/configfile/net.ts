@@ -6,7 +6,8 @@ export type IpFamily = 4 | 6;
 export function canonicalIp(text: string): { ip: string; family: IpFamily } | undefined {
   if (isIPv4(text)) return { ip: text, family: 4 };
   // A zone index (fe80::1%eth0) names an interface, not a node; URL parsing would also reject it.
-  if (isIPv6(text) && !text.includes("%")) return { ip: new URL(`http://[${text}]`).hostname.slice(1, -1), family: 6 };
+  if (isIPv6(text) && !text.includes("%"))
+    return { ip: new URL(`http://[${text}]`).hostname.slice(1, -1), family: 6 };
   return undefined;
 }
 

@@ -42,7 +42,11 @@ export class YamlSource {
       const key = isScalar(pair.key) ? String(pair.key.value) : undefined;
       const path = key === undefined ? field : field === "" ? key : `${field}.${key}`;
       if (key !== undefined && seen.has(key)) {
-        this.report(pair.key as YamlNode, path, `duplicate key "${key}": it is already set on line ${seen.get(key)} of this mapping`);
+        this.report(
+          pair.key as YamlNode,
+          path,
+          `duplicate key "${key}": it is already set on line ${seen.get(key)} of this mapping`,
+        );
       } else if (key !== undefined) {
         seen.set(key, this.lineOf(pair.key as YamlNode));
       }

@@ -32,7 +32,8 @@ export interface CpuInputs {
 const FIX14 = "fix of bug 14: everything arriving from the DPU is delivered as routed, never sent back to it";
 const FIX15_MARK =
   "fix of bug 15: a connection captured inbound on this CPU (from a host process or a non-mesh pod) is remembered";
-const FIX15_REPLY = "fix of bug 15: replies of captured connections go back through the DPU, even when addressed to this host";
+const FIX15_REPLY =
+  "fix of bug 15: replies of captured connections go back through the DPU, even when addressed to this host";
 
 /**
  * Ambient rules of a CPU node (original §3.2): meshed TCP sourced by local pods is policy-routed to
@@ -47,7 +48,11 @@ const FIX15_REPLY = "fix of bug 15: replies of captured connections go back thro
  *   connection mark and a rule placed before the local table; host traffic from the pod gateway
  *   address is no longer exempted.
  */
-export function planCpuAmbient(input: CpuInputs): Pick<NetState, "firewalls" | "ipsets" | "rules" | "localRulePriority" | "routes" | "sysctls"> & { notes: string[] } {
+export function planCpuAmbient(
+  input: CpuInputs,
+): Pick<NetState, "firewalls" | "ipsets" | "rules" | "localRulePriority" | "routes" | "sysctls"> & {
+  notes: string[];
+} {
   const { family, facts, dpuIp, members } = input;
   const nic = facts.nic.name;
   const notes: string[] = [];
@@ -89,11 +94,17 @@ export function planCpuAmbient(input: CpuInputs): Pick<NetState, "firewalls" | "
 
   const routes: Route[] = [
     { family, table: TABLE.outbound, dst: "default", via: dpuIp, dev: nic, proto: "offmesh" },
-    ...members.map(
-      (m): Route => ({ family, table: TABLE.inbound, dst: m.ip, via: dpuIp, dev: nic, proto: "offmesh" }),
-    ),
+    ...members.map((m): Route => ({
+      family,
+      table: TABLE.inbound,
+      dst: m.ip,
+      via: dpuIp,
+      dev: nic,
+      proto: "offmesh",
+    })),
   ];
-  if (members.length === 0) notes.push("no meshed pods on this node yet; the rules are in place for the first one");
+  if (members.length === 0)
+    notes.push("no meshed pods on this node yet; the rules are in place for the first one");
 
   return {
     notes,

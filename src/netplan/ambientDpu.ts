@@ -70,9 +70,14 @@ export function planProxyNodeAmbient(input: ProxyNodeInputs): HostAmbient {
     rule(`-i ${TUNNEL.outbound.hostLink} -j RETURN`),
   ];
   if (tunnel !== "veth") {
-    pre.push(rule(`-p udp -m udp --dport ${TUNNEL_PORT[tunnel]} -j RETURN`, "the tunnel's own outer packets"));
+    pre.push(
+      rule(`-p udp -m udp --dport ${TUNNEL_PORT[tunnel]} -j RETURN`, "the tunnel's own outer packets"),
+    );
   }
-  pre.push(rule(`${hasConnmark(MARK.connSkip)} ${setMark(MARK.skip)}`), rule(`${hasMark(MARK.skip)} -j RETURN`));
+  pre.push(
+    rule(`${hasConnmark(MARK.connSkip)} ${setMark(MARK.skip)}`),
+    rule(`${hasMark(MARK.skip)} -j RETURN`),
+  );
   if (z && veth) {
     pre.push(
       rule(`! -i ${veth} ${hasConnmark(MARK.proxy)} ${setMark(MARK.proxyReturn)}`),
@@ -96,22 +101,34 @@ export function planProxyNodeAmbient(input: ProxyNodeInputs): HostAmbient {
   const linkSettings: LinkSetting[] = [];
   const proto = "offmesh" as const;
   if (z && veth) {
-    const toZtunnel = (table: number): Route => ({ family, table, dst: z.ip, dev: veth, scope: "link", proto });
+    const toZtunnel = (table: number): Route => ({
+      family,
+      table,
+      dst: z.ip,
+      dev: veth,
+      scope: "link",
+      proto,
+    });
     routes.push(
       toZtunnel(TABLE.inbound),
-      ...members.map(
-        (m): Route => ({
-          family,
-          table: TABLE.inbound,
-          dst: m.ip,
-          via: addrs.inbound.pod,
-          dev: TUNNEL.inbound.hostLink,
-          src: gw,
-          proto,
-        }),
-      ),
+      ...members.map((m): Route => ({
+        family,
+        table: TABLE.inbound,
+        dst: m.ip,
+        via: addrs.inbound.pod,
+        dev: TUNNEL.inbound.hostLink,
+        src: gw,
+        proto,
+      })),
       toZtunnel(TABLE.outbound),
-      { family, table: TABLE.outbound, dst: "default", via: addrs.outbound.pod, dev: TUNNEL.outbound.hostLink, proto },
+      {
+        family,
+        table: TABLE.outbound,
+        dst: "default",
+        via: addrs.outbound.pod,
+        dev: TUNNEL.outbound.hostLink,
+        proto,
+      },
       toZtunnel(TABLE.proxy),
       { family, table: TABLE.proxy, dst: "default", via: z.ip, dev: veth, onlink: true, proto },
     );
@@ -129,7 +146,13 @@ export function planProxyNodeAmbient(input: ProxyNodeInputs): HostAmbient {
         ? "the ztunnel pod's host-side veth is not known yet; meshed traffic is held (fail closed)"
         : "no ztunnel pod is running here; meshed traffic is held by blackhole routes until it is (fail closed)",
     );
-    const blackhole = (table: number, dst: string): Route => ({ family, table, type: "blackhole", dst, proto });
+    const blackhole = (table: number, dst: string): Route => ({
+      family,
+      table,
+      type: "blackhole",
+      dst,
+      proto,
+    });
     routes.push(
       ...members.map((m) => blackhole(TABLE.inbound, m.ip)),
       blackhole(TABLE.outbound, "default"),
@@ -151,7 +174,10 @@ export function planProxyNodeAmbient(input: ProxyNodeInputs): HostAmbient {
             chains: [
               { name: CHAIN.forward, rules: forwardInput },
               { name: CHAIN.input, rules: forwardInput },
-              { name: CHAIN.output, rules: [rule(`-s ${host(gw, family)} -j MARK --set-xmark 0x220/0xffffffff`)] },
+              {
+                name: CHAIN.output,
+                rules: [rule(`-s ${host(gw, family)} -j MARK --set-xmark 0x220/0xffffffff`)],
+              },
               { name: CHAIN.postrouting, rules: [] },
               { name: CHAIN.prerouting, rules: pre },
             ],
@@ -194,7 +220,16 @@ function tunnelLinks(kind: TunnelKind, family: IpFamily, ztunnelIp: string, mtu:
     const t = TUNNEL[dir];
     const a = addrs[dir];
     const addresses = [`${a.host}/${a.prefix}`];
-    if (kind === "veth") return { kind, name: t.hostLink, peer: t.podLink, peerNetns: "ztunnel-pod", addresses, mtu };
-    return { kind, name: t.hostLink, vni: t.vni, remote: ztunnelIp, dstport: TUNNEL_PORT[kind], addresses, mtu };
+    if (kind === "veth")
+      return { kind, name: t.hostLink, peer: t.podLink, peerNetns: "ztunnel-pod", addresses, mtu };
+    return {
+      kind,
+      name: t.hostLink,
+      vni: t.vni,
+      remote: ztunnelIp,
+      dstport: TUNNEL_PORT[kind],
+      addresses,
+      mtu,
+    };
   });
 }

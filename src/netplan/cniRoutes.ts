@@ -46,7 +46,9 @@ export function planCniRoutes(topo: Topology, self: TopologyNode, facts: NodeFac
       if (!cidr) continue;
       const via = addressOf(topo, facts, hop, cidr.family);
       if (!via) {
-        notes.push(`no IPv${cidr.family} address known for ${hop} (next hop to ${target.name}); ${cidr.text} not routed`);
+        notes.push(
+          `no IPv${cidr.family} address known for ${hop} (next hop to ${target.name}); ${cidr.text} not routed`,
+        );
         continue;
       }
       routes.push({
@@ -64,7 +66,12 @@ export function planCniRoutes(topo: Topology, self: TopologyNode, facts: NodeFac
 }
 
 /** Name of the node the route to `target`'s pods goes through. */
-function nextHop(topo: Topology, self: TopologyNode, target: string, known: TopologyNode | undefined): string {
+function nextHop(
+  topo: Topology,
+  self: TopologyNode,
+  target: string,
+  known: TopologyNode | undefined,
+): string {
   if (self.role === "cpu") return self.partner?.name ?? target;
   if (known?.role === "cpu" && known.partner?.name !== self.name) return known.partner?.name ?? target;
   return target;

@@ -33,7 +33,8 @@ export const NAT_JUMPS: readonly Jump[] = [
 /** Meshed TCP keeps its service VIP and pod source: no kube-proxy DNAT, no masquerade, on this hop. */
 export function natAcceptRules(dnsDnat: string | undefined): { pre: Rule[]; post: Rule[] } {
   const pre = [rule(`${hasMark(MARK.outbound)} -j ACCEPT`)];
-  if (dnsDnat !== undefined) pre.push(rule(`-p udp ${inSet("src")} -m udp --dport 53 -j DNAT --to-destination ${dnsDnat}`));
+  if (dnsDnat !== undefined)
+    pre.push(rule(`-p udp ${inSet("src")} -m udp --dport 53 -j DNAT --to-destination ${dnsDnat}`));
   return { pre, post: [rule(`${hasMark(MARK.outbound)} -j ACCEPT`)] };
 }
 
@@ -80,7 +81,11 @@ export function baseSysctls(family: IpFamily): Sysctl[] {
 }
 
 /** rp_filter off (and accept_local on) where packets legitimately arrive with a foreign source. */
-export function looseSourceSysctls(family: IpFamily, links: readonly string[], acceptLocal: readonly string[]): Sysctl[] {
+export function looseSourceSysctls(
+  family: IpFamily,
+  links: readonly string[],
+  acceptLocal: readonly string[],
+): Sysctl[] {
   if (family === 6) return []; // IPv6 has no rp_filter sysctl; nothing to relax
   const why = "fix of bug 13: written unconditionally (the original's loop condition was inverted)";
   return [

@@ -25,7 +25,9 @@ export function planConflist(facts: NodeFacts): CniConflist {
           dataDir: CNI.ipamDataDir,
           routes: cidrs.map((c) => ({ dst: c.family === 4 ? "0.0.0.0/0" : "::/0" })),
           ranges: cidrs.map((c) => [
-            gateway !== undefined && cidrContains(c, gateway) ? { subnet: c.text, gateway } : { subnet: c.text },
+            gateway !== undefined && cidrContains(c, gateway)
+              ? { subnet: c.text, gateway }
+              : { subnet: c.text },
           ]),
         },
       },

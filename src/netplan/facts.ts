@@ -2,9 +2,10 @@ import { readFile } from "node:fs/promises";
 import { z } from "zod";
 import type { Node as YamlNode } from "yaml";
 import { ConfigError } from "../configfile/issues.js";
-import type { ConfigIssue, Result } from "../configfile/issues.js";
+import type { Result } from "../configfile/issues.js";
 import { canonicalIp, cidrContains, parseCidr } from "../configfile/net.js";
-import { YamlSource } from "../configfile/yamldoc.js";
+import { closest, YamlSource } from "../configfile/yamldoc.js";
+import { isMap, isScalar } from "yaml";
 import type { Topology } from "../topology/types.js";
 
 // What a node knows about itself and the cluster at planning time. On a real node the agent
@@ -75,6 +76,17 @@ export function parseFacts(
   if (!parsed.success) {
     for (const issue of parsed.error.issues) {
       const path = issue.path.map((p) => (typeof p === "symbol" ? String(p) : p));
+      if (issue.code === "unrecognized_keys") {
+        // Name each unknown key itself: typos are the common mistake, and the key is what to fix.
+        for (const key of issue.keys) {
+          src.report(
+            nodeAt(src, [...path, key], true),
+            fieldName([...path, key]),
+            `unknown key "${key}"${hint(key, path)}`,
+          );
+        }
+        continue;
+      }
       src.report(nodeAt(src, path), fieldName(path), zodMessage(issue));
     }
     return { ok: false, issues: src.issues };
@@ -88,12 +100,17 @@ export function parseFacts(
   return src.issues.length > 0 ? { ok: false, issues: src.issues } : { ok: true, value: facts };
 }
 
-export async function loadFactsFile(path: string, context?: { topology: Topology; node: string }): Promise<NodeFacts> {
+export async function loadFactsFile(
+  path: string,
+  context?: { topology: Topology; node: string },
+): Promise<NodeFacts> {
   let text: string;
   try {
     text = await readFile(path, "utf8");
   } catch (err) {
-    throw new ConfigError([{ file: path, field: "(file)", message: `cannot be read: ${(err as Error).message}` }]);
+    throw new ConfigError([
+      { file: path, field: "(file)", message: `cannot be read: ${(err as Error).message}` },
+    ]);
   }
   const parsed = parseFacts(text, path, context);
   if (!parsed.ok) throw new ConfigError(parsed.issues);
@@ -117,29 +134,50 @@ function crossCheck(facts: NodeFacts, topo: Topology, node: string): { path: Pat
   }
   const cidrs = facts.podCIDRs.map((c) => parseCidr(c)).filter((c) => c !== undefined);
   if (!cidrs.some((c) => cidrContains(c, facts.podGateway))) {
-    out.push({ path: ["podGateway"], message: `${facts.podGateway} is not inside the node's pod CIDRs (${facts.podCIDRs.join(", ")})` });
+    out.push({
+      path: ["podGateway"],
+      message: `${facts.podGateway} is not inside the node's pod CIDRs (${facts.podCIDRs.join(", ")})`,
+    });
   }
   const families = new Set<number>();
   facts.podCIDRs.forEach((c, i) => {
     const f = parseCidr(c)?.family;
     if (f !== undefined && families.has(f)) {
-      out.push({ path: ["podCIDRs", i], message: `a node has at most one pod CIDR per IP family; ${c} is a second IPv${f} CIDR` });
+      out.push({
+        path: ["podCIDRs", i],
+        message: `a node has at most one pod CIDR per IP family; ${c} is a second IPv${f} CIDR`,
+      });
     }
     if (f !== undefined) families.add(f);
   });
   const seen = new Set<string>();
   facts.nodes.forEach((n, i) => {
-    if (n.name === node) out.push({ path: ["nodes", i, "name"], message: `lists the node itself; nodes holds the other nodes of the cluster` });
-    if (seen.has(n.name)) out.push({ path: ["nodes", i, "name"], message: `node "${n.name}" is listed twice` });
+    if (n.name === node)
+      out.push({
+        path: ["nodes", i, "name"],
+        message: `lists the node itself; nodes holds the other nodes of the cluster`,
+      });
+    if (seen.has(n.name))
+      out.push({ path: ["nodes", i, "name"], message: `node "${n.name}" is listed twice` });
     seen.add(n.name);
   });
   if (facts.ztunnel && self && self.role !== "cpu" && facts.ztunnel.hostVeth === undefined) {
-    out.push({ path: ["ztunnel", "hostVeth"], message: `is required on a ${self.role} node: the ztunnel pod runs here and its host-side veth carries the tunnels` });
+    out.push({
+      path: ["ztunnel", "hostVeth"],
+      message: `is required on a ${self.role} node: the ztunnel pod runs here and its host-side veth carries the tunnels`,
+    });
   }
   return out;
 }
 
-function nodeAt(src: YamlSource, path: Path): YamlNode | undefined {
+function nodeAt(src: YamlSource, path: Path, keyNode = false): YamlNode | undefined {
+  if (keyNode && path.length > 0) {
+    const parent = path.length === 1 ? src.doc.contents : src.doc.getIn(path.slice(0, -1), true);
+    if (isMap(parent)) {
+      const pair = parent.items.find((p) => isScalar(p.key) && p.key.value === path[path.length - 1]);
+      if (pair && isScalar(pair.key)) return pair.key;
+    }
+  }
   // Walk up until a node exists, so a missing key is reported at its parent mapping.
   for (let n = path.length; n >= 0; n--) {
     const node = n === 0 ? src.doc.contents : src.doc.getIn(path.slice(0, n), true);
@@ -153,12 +191,32 @@ function fieldName(path: Path): string {
   return path.map((p, i) => (typeof p === "number" ? `[${p}]` : i === 0 ? p : `.${p}`)).join("");
 }
 
-function zodMessage(issue: z.core.$ZodIssue): string {
-  if (issue.code === "unrecognized_keys") return `unknown key(s): ${issue.keys.join(", ")}`;
-  if (issue.code === "invalid_type" && issue.input === undefined) return `is missing (expected ${issue.expected})`;
-  return issue.message;
+/** The allowed keys at a path of the facts schema, for "did you mean" hints. */
+function allowedKeys(path: Path): readonly string[] {
+  let schema: z.ZodType = factsSchema;
+  for (const p of path) {
+    let s: unknown = schema;
+    while (s instanceof z.ZodOptional || s instanceof z.ZodDefault)
+      s = (s as z.ZodOptional<z.ZodType>).unwrap();
+    if (typeof p === "number" && s instanceof z.ZodArray) schema = s.element as z.ZodType;
+    else if (typeof p === "string" && s instanceof z.ZodObject)
+      schema = (s.shape as Record<string, z.ZodType>)[p] ?? z.never();
+    else return [];
+  }
+  let s: unknown = schema;
+  while (s instanceof z.ZodOptional || s instanceof z.ZodDefault)
+    s = (s as z.ZodOptional<z.ZodType>).unwrap();
+  return s instanceof z.ZodObject ? Object.keys(s.shape as object) : [];
 }
 
-export function describeIssues(issues: readonly ConfigIssue[]): string {
-  return issues.map((i) => `${i.field}: ${i.message}`).join("; ");
+function hint(key: string, path: Path): string {
+  const allowed = allowedKeys(path);
+  const near = closest(key, allowed);
+  return `${near ? ` (did you mean "${near}"?)` : ""}; allowed keys: ${allowed.join(", ")}`;
+}
+
+function zodMessage(issue: z.core.$ZodIssue): string {
+  if (issue.code === "invalid_type" && issue.input === undefined)
+    return `is missing (expected ${issue.expected})`;
+  return issue.message;
 }

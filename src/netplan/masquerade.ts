@@ -32,7 +32,9 @@ export function planMasquerade(facts: NodeFacts): Firewall[] {
             {
               name: CHAIN.masquerade,
               rules: [
-                ...cidrs.map((c) => ({ spec: `-d ${c} -m comment --comment "${COMMENT.cluster}" -j RETURN` })),
+                ...cidrs.map((c) => ({
+                  spec: `-d ${c} -m comment --comment "${COMMENT.cluster}" -j RETURN`,
+                })),
                 { spec: `-m comment --comment "${COMMENT.last}" -j MASQUERADE` },
               ],
             },

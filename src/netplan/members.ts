@@ -26,7 +26,9 @@ export function selectMembers(
   pods: readonly PodFacts[],
   family: IpFamily,
 ): Membership {
-  const captured = new Set(self.role === "cpu" ? [self.name] : servedNodes(topo, self.name).map((n) => n.name));
+  const captured = new Set(
+    self.role === "cpu" ? [self.name] : servedNodes(topo, self.name).map((n) => n.name),
+  );
   const cidrsOf = (node: string): string[] =>
     node === self.name ? facts.podCIDRs : (facts.nodes.find((n) => n.name === node)?.podCIDRs ?? []);
   const ztunnelIp = facts.ztunnel ? canonicalIp(facts.ztunnel.ip)?.ip : undefined;
@@ -46,14 +48,18 @@ export function selectMembers(
       notes.push(`${who} has no IPv${family} address yet; it is not captured until it has one (bug 17)`);
       continue;
     }
-    const cidrs = cidrsOf(pod.node).map((c) => parseCidr(c)).filter((c) => c !== undefined);
+    const cidrs = cidrsOf(pod.node)
+      .map((c) => parseCidr(c))
+      .filter((c) => c !== undefined);
     for (const { ip } of mine) {
       if (ip === ztunnelIp) {
         notes.push(`${who} has the ztunnel's address ${ip}; the ztunnel is never captured`);
       } else if (!cidrs.some((c) => cidrContains(c, ip))) {
         notes.push(`${who} address ${ip} is outside the pod CIDR of node ${pod.node}; not captured`);
       } else if (byIp.has(ip)) {
-        notes.push(`${who} address ${ip} is already held by pod uid ${byIp.get(ip)?.comment}; kept the first`);
+        notes.push(
+          `${who} address ${ip} is already held by pod uid ${byIp.get(ip)?.comment}; kept the first`,
+        );
       } else {
         byIp.set(ip, { ip, comment: pod.uid });
       }

@@ -33,7 +33,8 @@ export function planNode(topo: Topology, nodeName: string, facts: NodeFacts): Pl
 
   if (self.role === "cpu") {
     const dpuIp = self.partner?.ip;
-    if (dpuIp === undefined) return { planned: false, node: nodeName, reason: `CPU node ${nodeName} has no paired DPU` };
+    if (dpuIp === undefined)
+      return { planned: false, node: nodeName, reason: `CPU node ${nodeName} has no paired DPU` };
     const ambient = planCpuAmbient({ family, facts, dpuIp, members: membership.members });
     return {
       planned: true,

@@ -1,7 +1,17 @@
 import type { IpFamily } from "../configfile/net.js";
 import { hex, ROUTE_PROTO } from "./constants.js";
 import { compareIps } from "./members.js";
-import type { Firewall, IpRule, IpSet, Link, NetState, NodePlan, PlanOutcome, Route, RouteTableId } from "./types.js";
+import type {
+  Firewall,
+  IpRule,
+  IpSet,
+  Link,
+  NetState,
+  NodePlan,
+  PlanOutcome,
+  Route,
+  RouteTableId,
+} from "./types.js";
 
 // Text renderings in the formats operators already read: iptables-save, ipset save, ip rule,
 // ip route show table N, the ip commands that create links, and sysctl's key = value.
@@ -61,7 +71,13 @@ export function routeTables(routes: readonly Route[]): RouteTableId[] {
 export function renderRoutes(routes: readonly Route[], table: RouteTableId): string {
   const mine = routes
     .filter((r) => r.table === table)
-    .sort((a, b) => (a.dst === "default" ? -1 : b.dst === "default" ? 1 : compareIps(a.dst.split("/")[0] ?? "", b.dst.split("/")[0] ?? "")));
+    .sort((a, b) =>
+      a.dst === "default"
+        ? -1
+        : b.dst === "default"
+          ? 1
+          : compareIps(a.dst.split("/")[0] ?? "", b.dst.split("/")[0] ?? ""),
+    );
   return mine.map(routeText).join("\n") + (mine.length > 0 ? "\n" : "");
 }
 
@@ -92,17 +108,24 @@ function linkCommands(l: Link): string[] {
       : l.kind === "veth-peer"
         ? [`# ${l.name}: pod end of the veth pair the node creates`]
         : [`ip link add ${l.name} type ${l.kind} id ${l.vni} remote ${l.remote} dstport ${l.dstport}`];
-  return [...add, ...l.addresses.map((a) => `ip addr add ${a} dev ${l.name}`), `ip link set ${l.name} mtu ${l.mtu} up`];
+  return [
+    ...add,
+    ...l.addresses.map((a) => `ip addr add ${a} dev ${l.name}`),
+    `ip link set ${l.name} mtu ${l.mtu} up`,
+  ];
 }
 
 export function renderSysctls(state: NetState): string {
-  return state.sysctls.map((s) => `${s.key} = ${s.value}`).join("\n") + (state.sysctls.length > 0 ? "\n" : "");
+  return (
+    state.sysctls.map((s) => `${s.key} = ${s.value}`).join("\n") + (state.sysctls.length > 0 ? "\n" : "")
+  );
 }
 
 export function renderNetState(state: NetState, family: IpFamily): string {
   const v = family === 6 ? "-6 " : "";
   const sections: [string, string][] = [];
-  for (const fw of state.firewalls) sections.push([fw.family === 4 ? "iptables-save" : "ip6tables-save", renderIptablesSave(fw)]);
+  for (const fw of state.firewalls)
+    sections.push([fw.family === 4 ? "iptables-save" : "ip6tables-save", renderIptablesSave(fw)]);
   for (const set of state.ipsets) sections.push([`ipset save ${set.name}`, renderIpsetSave(set)]);
   sections.push([`ip ${v}rule`, renderIpRules(state.rules, family, state.localRulePriority)]);
   for (const table of routeTables(state.routes)) {
@@ -127,11 +150,16 @@ export function renderPlan(plan: NodePlan): string {
     renderNetState(plan.host, plan.family),
   ];
   if (plan.ztunnelPod) {
-    parts.push(`# ---- inside the ztunnel pod's network namespace ----\n`, renderNetState(plan.ztunnelPod, plan.family));
+    parts.push(
+      `# ---- inside the ztunnel pod's network namespace ----\n`,
+      renderNetState(plan.ztunnelPod, plan.family),
+    );
   }
   return parts.join("\n");
 }
 
 export function renderOutcome(outcome: PlanOutcome): string {
-  return outcome.planned ? renderPlan(outcome.plan) : `# offmesh: nothing planned for node ${outcome.node}: ${outcome.reason}\n`;
+  return outcome.planned
+    ? renderPlan(outcome.plan)
+    : `# offmesh: nothing planned for node ${outcome.node}: ${outcome.reason}\n`;
 }

@@ -1,5 +1,15 @@
 import type { IpFamily } from "../configfile/net.js";
-import { CHAIN, POD_MARK, POD_RULE_PRIORITY, TABLE, TUNNEL, TUNNEL_ADDRS, TUNNEL_OVERHEAD, TUNNEL_PORT, ZTUNNEL_PORT } from "./constants.js";
+import {
+  CHAIN,
+  POD_MARK,
+  POD_RULE_PRIORITY,
+  TABLE,
+  TUNNEL,
+  TUNNEL_ADDRS,
+  TUNNEL_OVERHEAD,
+  TUNNEL_PORT,
+  ZTUNNEL_PORT,
+} from "./constants.js";
 import { host, rule } from "./common.js";
 import type { NodeFacts } from "./facts.js";
 import type { IpRule, Link, NetState, Route } from "./types.js";
@@ -25,14 +35,37 @@ export function planZtunnelPod(family: IpFamily, facts: NodeFacts, ztunnelIp: st
     const t = TUNNEL[dir];
     const addresses = [`${addrs[dir].pod}/${addrs[dir].prefix}`];
     if (facts.tunnel === "veth") return { kind: "veth-peer", name: t.podLink, addresses, mtu };
-    return { kind: facts.tunnel, name: t.podLink, vni: t.vni, remote: hostIp, dstport: TUNNEL_PORT[facts.tunnel], addresses, mtu };
+    return {
+      kind: facts.tunnel,
+      name: t.podLink,
+      vni: t.vni,
+      remote: hostIp,
+      dstport: TUNNEL_PORT[facts.tunnel],
+      addresses,
+      mtu,
+    };
   });
 
   const pmark = (value: number): { value: number; mask: number } => ({ value, mask: POD_MARK.mask });
   const rules: IpRule[] = [
-    { family, priority: POD_RULE_PRIORITY.tproxy, fwmark: pmark(POD_MARK.tproxy), action: { lookup: TABLE.inbound } },
-    { family, priority: POD_RULE_PRIORITY.outbound, fwmark: pmark(POD_MARK.outboundSocket), action: { lookup: TABLE.outbound } },
-    { family, priority: POD_RULE_PRIORITY.inbound, fwmark: pmark(POD_MARK.inboundSocket), action: { lookup: TABLE.proxy } },
+    {
+      family,
+      priority: POD_RULE_PRIORITY.tproxy,
+      fwmark: pmark(POD_MARK.tproxy),
+      action: { lookup: TABLE.inbound },
+    },
+    {
+      family,
+      priority: POD_RULE_PRIORITY.outbound,
+      fwmark: pmark(POD_MARK.outboundSocket),
+      action: { lookup: TABLE.outbound },
+    },
+    {
+      family,
+      priority: POD_RULE_PRIORITY.inbound,
+      fwmark: pmark(POD_MARK.inboundSocket),
+      action: { lookup: TABLE.proxy },
+    },
     {
       family,
       priority: POD_RULE_PRIORITY.originalSrcReturn,
@@ -41,7 +74,14 @@ export function planZtunnelPod(family: IpFamily, facts: NodeFacts, ztunnelIp: st
     },
   ];
 
-  const toHost = (table: number): Route => ({ family, table, dst: hostIp, dev: POD_ETH, scope: "link", proto });
+  const toHost = (table: number): Route => ({
+    family,
+    table,
+    dst: hostIp,
+    dev: POD_ETH,
+    scope: "link",
+    proto,
+  });
   const routes: Route[] = [
     { family, table: TABLE.inbound, type: "local", dst: "default", dev: "lo", scope: "host", proto },
     toHost(TABLE.outbound),
@@ -63,7 +103,9 @@ export function planZtunnelPod(family: IpFamily, facts: NodeFacts, ztunnelIp: st
               {
                 name: CHAIN.prerouting,
                 rules: [
-                  rule(`-i ${tin.podLink} -p tcp -m tcp --dport ${ZTUNNEL_PORT.inboundHbone} ${tproxy(ZTUNNEL_PORT.inboundHbone)}`),
+                  rule(
+                    `-i ${tin.podLink} -p tcp -m tcp --dport ${ZTUNNEL_PORT.inboundHbone} ${tproxy(ZTUNNEL_PORT.inboundHbone)}`,
+                  ),
                   rule(`-i ${tout.podLink} -p tcp ${tproxy(ZTUNNEL_PORT.outbound)}`),
                   rule(`-i ${tin.podLink} -p tcp ${tproxy(ZTUNNEL_PORT.inboundPlaintext)}`),
                   rule(
@@ -80,7 +122,9 @@ export function planZtunnelPod(family: IpFamily, facts: NodeFacts, ztunnelIp: st
               {
                 name: CHAIN.output,
                 rules: [
-                  rule(`-p tcp -m tcp --dport ${ZTUNNEL_PORT.nodeLocalHbone} -j REDIRECT --to-ports ${ZTUNNEL_PORT.inboundHbone}`),
+                  rule(
+                    `-p tcp -m tcp --dport ${ZTUNNEL_PORT.nodeLocalHbone} -j REDIRECT --to-ports ${ZTUNNEL_PORT.inboundHbone}`,
+                  ),
                 ],
               },
             ],
@@ -103,9 +147,6 @@ export function planZtunnelPod(family: IpFamily, facts: NodeFacts, ztunnelIp: st
               why: `carries ${facts.tunnel}-encapsulated packets; must match the host side of the veth`,
             },
           ],
-    sysctls:
-      family === 4
-        ? rpLinks.map((l) => ({ key: `net.ipv4.conf.${l}.rp_filter`, value: "0" }))
-        : [],
+    sysctls: family === 4 ? rpLinks.map((l) => ({ key: `net.ipv4.conf.${l}.rp_filter`, value: "0" })) : [],
   };
 }

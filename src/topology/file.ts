@@ -9,7 +9,9 @@ export async function loadTopologyFile(path: string): Promise<Topology> {
   try {
     text = await readFile(path, "utf8");
   } catch (err) {
-    throw new ConfigError([{ file: path, field: "(file)", message: `cannot be read: ${(err as Error).message}` }]);
+    throw new ConfigError([
+      { file: path, field: "(file)", message: `cannot be read: ${(err as Error).message}` },
+    ]);
   }
   const parsed = parseTopology(text, path);
   if (!parsed.ok) throw new ConfigError(parsed.issues);

@@ -8,7 +8,10 @@ export function lookupByName(topo: Topology, name: string): NodeLookup {
   const node = topo.byName.get(name);
   return node
     ? { found: true, node }
-    : { found: false, reason: `node "${name}" is not declared in ${topo.file} (neither in pairs nor in singles)` };
+    : {
+        found: false,
+        reason: `node "${name}" is not declared in ${topo.file} (neither in pairs nor in singles)`,
+      };
 }
 
 export function lookupByIp(topo: Topology, ip: string): NodeLookup {

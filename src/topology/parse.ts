@@ -43,7 +43,11 @@ class Checker {
     }
     const earlier = this.names.get(text);
     if (earlier) {
-      this.src.report(node, field, `node name "${text}" is already declared at ${where(earlier)}; a node may appear in one entry only`);
+      this.src.report(
+        node,
+        field,
+        `node name "${text}" is already declared at ${where(earlier)}; a node may appear in one entry only`,
+      );
       return undefined;
     }
     this.names.set(text, { field, line: this.src.lineOf(node) });
@@ -80,21 +84,33 @@ class Checker {
     }
     const earlier = this.ips.get(parsed.ip);
     if (earlier) {
-      this.src.report(node, field, `address ${text} is already declared at ${where(earlier)}; node addresses must be unique`);
+      this.src.report(
+        node,
+        field,
+        `address ${text} is already declared at ${where(earlier)}; node addresses must be unique`,
+      );
       return undefined;
     }
     this.ips.set(parsed.ip, { field, line });
     return parsed.ip;
   }
 
-  private present(pair: YamlPair<unknown, unknown> | undefined, field: string, parent: YamlNode): string | undefined {
+  private present(
+    pair: YamlPair<unknown, unknown> | undefined,
+    field: string,
+    parent: YamlNode,
+  ): string | undefined {
     if (!pair) {
       this.src.report(parent, field, "is missing");
       return undefined;
     }
     const text = scalarText(pair.value);
     if (text === undefined || text.trim() === "") {
-      this.src.report((pair.value ?? pair.key) as YamlNode, field, `must be a non-empty string, found ${describe(pair.value)}`);
+      this.src.report(
+        (pair.value ?? pair.key) as YamlNode,
+        field,
+        `must be a non-empty string, found ${describe(pair.value)}`,
+      );
       return undefined;
     }
     return text.trim();
@@ -126,7 +142,8 @@ export function parseTopology(text: string, file: string): Result<Topology> {
   const singles: NodeRef[] = [];
 
   const pairsNode = topEntries.get("pairs")?.value;
-  const pairSeq = pairsNode === undefined || isNullScalar(pairsNode) ? undefined : asSeq(src, pairsNode, "pairs");
+  const pairSeq =
+    pairsNode === undefined || isNullScalar(pairsNode) ? undefined : asSeq(src, pairsNode, "pairs");
   pairSeq?.items.forEach((item, i) => {
     const field = `pairs[${i}]`;
     const map = asMap(src, item, field);

@@ -1,0 +1,49 @@
+import { Command, CommanderError } from "commander";
+import { EXIT, processIo } from "./output.js";
+import type { Io } from "./output.js";
+import { renderCommand } from "./render.js";
+import { validateCommand } from "./validate.js";
+
+/** Build the `offmesh` command. Every action resolves to an exit code; nothing calls process.exit. */
+export function buildProgram(io: Io, setExit: (code: number) => void): Command {
+  const program = new Command("offmesh")
+    .description("offmesh: an ambient service mesh whose node proxy runs on paired DPU nodes")
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => io.out(s), writeErr: (s) => io.err(s) })
+    .showHelpAfterError();
+
+  program
+    .command("validate")
+    .description("check a cluster-conf.yaml and summarise its pairs and singles")
+    .argument("<cluster-conf.yaml>", "the cluster description")
+    .option("--json", "machine-readable output")
+    .action(async (file: string, opts: { json?: boolean }) => setExit(await validateCommand(io, file, opts)));
+
+  program
+    .command("render")
+    .description("print the desired network state offmesh programs on one node")
+    .requiredOption("--config <cluster-conf.yaml>", "the cluster description")
+    .requiredOption(
+      "--facts <node-facts.yaml>",
+      "what the node knows about itself and its cluster (docs/node-facts.md)",
+    )
+    .requiredOption("--node <name>", "the node to plan for, as named in cluster-conf.yaml")
+    .option("--json", "machine-readable output")
+    .action(async (opts: { config: string; facts: string; node: string; json?: boolean }) =>
+      setExit(await renderCommand(io, opts)),
+    );
+
+  return program;
+}
+
+export async function runCli(argv: readonly string[], io: Io = processIo): Promise<number> {
+  let code: number = EXIT.ok;
+  const program = buildProgram(io, (c) => (code = c));
+  try {
+    await program.parseAsync([...argv], { from: "user" });
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
+    throw err;
+  }
+  return code;
+}
