@@ -48,9 +48,10 @@ const FIX15_REPLY =
  *   connection mark and a rule placed before the local table; host traffic from the pod gateway
  *   address is no longer exempted.
  */
-export function planCpuAmbient(
-  input: CpuInputs,
-): Pick<NetState, "firewalls" | "ipsets" | "rules" | "localRulePriority" | "routes" | "sysctls"> & {
+export function planCpuAmbient(input: CpuInputs): Pick<
+  NetState,
+  "firewalls" | "ipsets" | "rules" | "localRulePriority" | "routes" | "sysctls"
+> & {
   notes: string[];
 } {
   const { family, facts, dpuIp, members } = input;

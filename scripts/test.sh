@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test suite: installs what is missing, builds, lints, and runs every test with node's test
+# runner. Ends with a one-line summary "tests: N passed, N failed, N skipped".
+source "$(dirname "${BASH_SOURCE[0]}")/lib/setup.sh"
+setup
+
+cd "$OFFMESH_ROOT"
+say "lint"
+npx eslint .
+npx prettier --check . >/dev/null || { npx prettier --check .; die "formatting differs: run npx prettier --write ."; }
+
+say "test"
+tap="$(mktemp)"
+trap 'rm -f "$tap"' EXIT
+status=0
+node --test --test-reporter=spec --test-reporter-destination=stdout \
+  --test-reporter=tap --test-reporter-destination="$tap" dist/test/ || status=$?
+count() { sed -n "s/^# $1 \([0-9]*\)$/\1/p" "$tap" | tail -1; }
+pass="$(count pass)"; fail="$(count fail)"; skipped="$(count skipped)"; cancelled="$(count cancelled)"
+fail=$(( ${fail:-0} + ${cancelled:-0} ))
+echo "tests: ${pass:-0} passed, ${fail} failed, ${skipped:-0} skipped"
+if [ "${pass:-0}" -eq 0 ]; then die "no test ran"; fi
+exit "$status"
