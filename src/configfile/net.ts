@@ -49,6 +49,13 @@ export function parseCidr(text: string): Cidr | undefined {
   return { text: `${bigIntToIp(network, addr.family)}/${prefix}`, family: addr.family, prefix, network };
 }
 
+/** True when the address part of a CIDR is not the network address (10.244.0.5/16). */
+export function cidrHasHostBits(text: string): boolean {
+  const cidr = parseCidr(text);
+  const addr = canonicalIp(text.slice(0, text.indexOf("/")));
+  return cidr !== undefined && addr !== undefined && ipToBigInt(addr.ip, addr.family) !== cidr.network;
+}
+
 export function cidrContains(cidr: Cidr, ip: string): boolean {
   const addr = canonicalIp(ip);
   if (!addr || addr.family !== cidr.family) return false;

@@ -2,6 +2,8 @@ import { isMap, isScalar, isSeq, LineCounter, parseDocument } from "yaml";
 import type { Document, Node as YamlNode, Pair, YAMLMap, YAMLSeq } from "yaml";
 import type { ConfigIssue } from "./issues.js";
 
+const MAX_SYNTAX_ERRORS = 5;
+
 /**
  * A parsed YAML document plus the means to report issues against it by node. Validators walk the
  * YAML AST rather than plain JS values so that every issue can name its line and column.
@@ -18,7 +20,9 @@ export class YamlSource {
     // Duplicate keys are found by `findDuplicateKeys` instead of the parser, so that the message
     // can name the repeated field rather than just "map keys must be unique".
     this.doc = parseDocument(text, { lineCounter: this.lines, uniqueKeys: false, prettyErrors: false });
-    for (const err of [...this.doc.errors]) {
+    // One stray bracket can make the parser report every token after it; the first few errors
+    // locate the problem, the rest are noise.
+    for (const err of this.doc.errors.slice(0, MAX_SYNTAX_ERRORS)) {
       const pos = this.lines.linePos(err.pos[0]);
       this.issues.push({
         file,
@@ -26,6 +30,13 @@ export class YamlSource {
         message: `not well-formed YAML: ${err.message.split("\n")[0] ?? err.code}`,
         line: pos.line,
         column: pos.col,
+      });
+    }
+    if (this.doc.errors.length > MAX_SYNTAX_ERRORS) {
+      this.issues.push({
+        file,
+        field: "(yaml)",
+        message: `${this.doc.errors.length - MAX_SYNTAX_ERRORS} more syntax errors follow from the ones above; fix those first`,
       });
     }
     if (this.doc.errors.length === 0) this.findDuplicateKeys(this.doc.contents, "");

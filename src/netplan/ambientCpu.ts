@@ -19,7 +19,7 @@ import {
   skipRule,
 } from "./common.js";
 import type { NodeFacts } from "./facts.js";
-import type { IpSetMember, NetState, Route } from "./types.js";
+import type { HostAmbient, IpSetMember, Route } from "./types.js";
 
 export interface CpuInputs {
   readonly family: IpFamily;
@@ -48,12 +48,7 @@ const FIX15_REPLY =
  *   connection mark and a rule placed before the local table; host traffic from the pod gateway
  *   address is no longer exempted.
  */
-export function planCpuAmbient(input: CpuInputs): Pick<
-  NetState,
-  "firewalls" | "ipsets" | "rules" | "localRulePriority" | "routes" | "sysctls"
-> & {
-  notes: string[];
-} {
+export function planCpuAmbient(input: CpuInputs): HostAmbient {
   const { family, facts, dpuIp, members } = input;
   const nic = facts.nic.name;
   const notes: string[] = [];
@@ -139,6 +134,8 @@ export function planCpuAmbient(input: CpuInputs): Pick<
     ],
     localRulePriority: RULE_PRIORITY.relocatedLocal,
     routes,
+    links: [],
+    linkSettings: [],
     sysctls: [...baseSysctls(family), ...looseSourceSysctls(family, [nic], [nic])],
   };
 }

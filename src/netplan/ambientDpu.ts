@@ -30,18 +30,13 @@ import {
   skipRule,
 } from "./common.js";
 import type { NodeFacts } from "./facts.js";
-import type { IpSetMember, Link, LinkSetting, NetState, Route, Rule, TunnelKind } from "./types.js";
+import type { HostAmbient, IpSetMember, Link, LinkSetting, Route, Rule, TunnelKind } from "./types.js";
 
 export interface ProxyNodeInputs {
   readonly family: IpFamily;
   readonly facts: NodeFacts;
   readonly members: readonly IpSetMember[];
 }
-
-type HostAmbient = Pick<
-  NetState,
-  "firewalls" | "ipsets" | "rules" | "localRulePriority" | "routes" | "links" | "linkSettings" | "sysctls"
-> & { notes: string[] };
 
 /**
  * Ambient rules of a node that runs a ztunnel: a DPU (serving itself and its paired CPU) or a single

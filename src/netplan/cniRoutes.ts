@@ -29,7 +29,8 @@ export interface CniRoutes {
 export function planCniRoutes(topo: Topology, self: TopologyNode, facts: NodeFacts): CniRoutes {
   const routes: Route[] = [];
   const notes: string[] = [];
-  const others = [...facts.nodes].sort((a, b) => a.name.localeCompare(b.name));
+  // The node's own pod CIDR is reached through its pods' veths (ptp), never through a route here.
+  const others = facts.nodes.filter((n) => n.name !== self.name).sort((a, b) => a.name.localeCompare(b.name));
 
   for (const target of others) {
     const known = topo.byName.get(target.name);

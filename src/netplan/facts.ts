@@ -1,9 +1,9 @@
-import { readFile } from "node:fs/promises";
 import { z } from "zod";
 import type { Node as YamlNode } from "yaml";
 import { ConfigError } from "../configfile/issues.js";
+import { readConfigText } from "../configfile/read.js";
 import type { Result } from "../configfile/issues.js";
-import { canonicalIp, cidrContains, parseCidr } from "../configfile/net.js";
+import { canonicalIp, cidrContains, cidrHasHostBits, parseCidr } from "../configfile/net.js";
 import { closest, YamlSource } from "../configfile/yamldoc.js";
 import { isMap, isScalar } from "yaml";
 import type { Topology } from "../topology/types.js";
@@ -15,8 +15,19 @@ import type { Topology } from "../topology/types.js";
 const ifName = z
   .string()
   .regex(/^[^\s/:]{1,15}$/, "must be a Linux interface name (1–15 characters, no spaces, '/' or ':')");
-const ip = z.string().refine((s) => canonicalIp(s) !== undefined, "must be an IP address");
-const cidr = z.string().refine((s) => parseCidr(s) !== undefined, "must be a CIDR such as 10.244.0.0/24");
+// Addresses and CIDRs are stored canonically (lower-case, compressed IPv6) so that every rule and
+// route spells an address one way, whatever the file wrote.
+const ip = z
+  .string()
+  .refine((s) => canonicalIp(s) !== undefined, "must be an IP address")
+  .transform((s) => canonicalIp(s)?.ip ?? s);
+const cidr = z
+  .string()
+  .refine((s) => parseCidr(s) !== undefined, "must be a CIDR such as 10.244.0.0/24")
+  .refine((s) => !cidrHasHostBits(s), {
+    error: (issue) =>
+      `${String(issue.input)} has host bits set; the network is ${parseCidr(String(issue.input))?.text}`,
+  });
 const name = z.string().min(1, "must not be empty");
 
 const podSchema = z.strictObject({
@@ -87,7 +98,7 @@ export function parseFacts(
         }
         continue;
       }
-      src.report(nodeAt(src, path), fieldName(path), zodMessage(issue));
+      src.report(nodeAt(src, path), fieldName(path), zodMessage(issue, src.doc.hasIn(path)));
     }
     return { ok: false, issues: src.issues };
   }
@@ -104,15 +115,7 @@ export async function loadFactsFile(
   path: string,
   context?: { topology: Topology; node: string },
 ): Promise<NodeFacts> {
-  let text: string;
-  try {
-    text = await readFile(path, "utf8");
-  } catch (err) {
-    throw new ConfigError([
-      { file: path, field: "(file)", message: `cannot be read: ${(err as Error).message}` },
-    ]);
-  }
-  const parsed = parseFacts(text, path, context);
+  const parsed = parseFacts(await readConfigText(path), path, context);
   if (!parsed.ok) throw new ConfigError(parsed.issues);
   return parsed.value;
 }
@@ -161,6 +164,17 @@ function crossCheck(facts: NodeFacts, topo: Topology, node: string): { path: Pat
       out.push({ path: ["nodes", i, "name"], message: `node "${n.name}" is listed twice` });
     seen.add(n.name);
   });
+  if (
+    facts.ztunnel &&
+    self &&
+    self.role !== "cpu" &&
+    !cidrs.some((c) => cidrContains(c, facts.ztunnel?.ip ?? ""))
+  ) {
+    out.push({
+      path: ["ztunnel", "ip"],
+      message: `${facts.ztunnel.ip} is not inside the node's pod CIDRs (${facts.podCIDRs.join(", ")}); the ztunnel pod runs on this node`,
+    });
+  }
   if (facts.ztunnel && self && self.role !== "cpu" && facts.ztunnel.hostVeth === undefined) {
     out.push({
       path: ["ztunnel", "hostVeth"],
@@ -174,7 +188,10 @@ function nodeAt(src: YamlSource, path: Path, keyNode = false): YamlNode | undefi
   if (keyNode && path.length > 0) {
     const parent = path.length === 1 ? src.doc.contents : src.doc.getIn(path.slice(0, -1), true);
     if (isMap(parent)) {
-      const pair = parent.items.find((p) => isScalar(p.key) && p.key.value === path[path.length - 1]);
+      // Compare as text: YAML reads a key like `1500:` or `true:` as a number or boolean.
+      const pair = parent.items.find(
+        (p) => isScalar(p.key) && String(p.key.value) === String(path[path.length - 1]),
+      );
       if (pair && isScalar(pair.key)) return pair.key;
     }
   }
@@ -215,8 +232,19 @@ function hint(key: string, path: Path): string {
   return `${near ? ` (did you mean "${near}"?)` : ""}; allowed keys: ${allowed.join(", ")}`;
 }
 
-function zodMessage(issue: z.core.$ZodIssue): string {
-  if (issue.code === "invalid_type" && issue.input === undefined)
-    return `is missing (expected ${issue.expected})`;
-  return issue.message;
+/** zod's message, made to say "missing" only for keys that are absent from the document. */
+function zodMessage(issue: z.core.$ZodIssue, present: boolean): string {
+  if (issue.code !== "invalid_type") return issue.message;
+  return present ? `must be ${article(issue.expected)}` : `is missing (expected ${article(issue.expected)})`;
+}
+
+function article(expected: string): string {
+  const names: Record<string, string> = {
+    object: "a mapping",
+    array: "a list",
+    string: "a string",
+    number: "a number",
+    boolean: "true or false",
+  };
+  return names[expected] ?? expected;
 }

@@ -19,7 +19,8 @@ export function planMasquerade(facts: NodeFacts): Firewall[] {
   for (const text of facts.clusterPodCIDRs) {
     const cidr = parseCidr(text);
     if (!cidr) continue;
-    byFamily.set(cidr.family, [...(byFamily.get(cidr.family) ?? []), cidr.text]);
+    const known = byFamily.get(cidr.family) ?? [];
+    if (!known.includes(cidr.text)) byFamily.set(cidr.family, [...known, cidr.text]);
   }
   return [...byFamily.entries()]
     .sort(([a], [b]) => a - b)

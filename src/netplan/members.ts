@@ -35,7 +35,9 @@ export function selectMembers(
   const notes: string[] = [];
   const byIp = new Map<string, IpSetMember>();
 
-  for (const pod of pods) {
+  // Sorted first so that the plan, notes included, does not depend on the order pods were listed in.
+  const ordered = [...pods].sort((a, b) => podKey(a).localeCompare(podKey(b)));
+  for (const pod of ordered) {
     if (!captured.has(pod.node)) continue;
     const who = `pod ${pod.namespace}/${pod.name}`;
     if (pod.hostNetwork) {
@@ -68,6 +70,8 @@ export function selectMembers(
   const members = [...byIp.values()].sort((a, b) => compareIps(a.ip, b.ip));
   return { members, notes };
 }
+
+const podKey = (p: PodFacts): string => `${p.node}\u0000${p.namespace}\u0000${p.name}\u0000${p.uid}`;
 
 export function compareIps(a: string, b: string): number {
   const pa = canonicalIp(a);

@@ -7,7 +7,7 @@ import { planConflist } from "./conflist.js";
 import type { NodeFacts } from "./facts.js";
 import { planMasquerade } from "./masquerade.js";
 import { selectMembers } from "./members.js";
-import type { Firewall, IptablesTable, Jump, PlanOutcome } from "./types.js";
+import type { Firewall, HostAmbient, IptablesTable, Jump, PlanOutcome } from "./types.js";
 import { planZtunnelPod } from "./ztunnelPod.js";
 
 /**
@@ -31,54 +31,32 @@ export function planNode(topo: Topology, nodeName: string, facts: NodeFacts): Pl
   const cni = planCniRoutes(topo, self, facts);
   const membership = selectMembers(topo, self, facts, facts.pods, family);
 
+  let ambient: HostAmbient;
   if (self.role === "cpu") {
     const dpuIp = self.partner?.ip;
     if (dpuIp === undefined)
       return { planned: false, node: nodeName, reason: `CPU node ${nodeName} has no paired DPU` };
-    const ambient = planCpuAmbient({ family, facts, dpuIp, members: membership.members });
-    return {
-      planned: true,
-      plan: {
-        node: nodeName,
-        role: self.role,
-        family,
-        notes: [...cni.notes, ...membership.notes, ...ambient.notes],
-        conflist: planConflist(facts),
-        host: {
-          firewalls: mergeFirewalls([...ambient.firewalls, ...planMasquerade(facts)]),
-          ipsets: ambient.ipsets,
-          rules: ambient.rules,
-          localRulePriority: ambient.localRulePriority,
-          routes: [...cni.routes, ...ambient.routes],
-          links: [],
-          linkSettings: [],
-          sysctls: ambient.sysctls,
-        },
-      },
-    };
+    ambient = planCpuAmbient({ family, facts, dpuIp, members: membership.members });
+  } else {
+    ambient = planProxyNodeAmbient({ family, facts, members: membership.members });
   }
-
-  const ambient = planProxyNodeAmbient({ family, facts, members: membership.members });
-  const z = facts.ztunnel;
+  // The ztunnel pod's own state exists where a ztunnel runs here and its veth is known.
+  const ztunnel = self.role !== "cpu" && facts.ztunnel?.hostVeth ? facts.ztunnel : undefined;
+  const { notes: ambientNotes, ...hostAmbient } = ambient;
   return {
     planned: true,
     plan: {
       node: nodeName,
       role: self.role,
       family,
-      notes: [...cni.notes, ...membership.notes, ...ambient.notes],
+      notes: [...cni.notes, ...membership.notes, ...ambientNotes],
       conflist: planConflist(facts),
       host: {
+        ...hostAmbient,
         firewalls: mergeFirewalls([...ambient.firewalls, ...planMasquerade(facts)]),
-        ipsets: ambient.ipsets,
-        rules: ambient.rules,
-        localRulePriority: ambient.localRulePriority,
         routes: [...cni.routes, ...ambient.routes],
-        links: ambient.links,
-        linkSettings: ambient.linkSettings,
-        sysctls: ambient.sysctls,
       },
-      ...(z?.hostVeth ? { ztunnelPod: planZtunnelPod(family, facts, z.ip) } : {}),
+      ...(ztunnel ? { ztunnelPod: planZtunnelPod(family, facts, ztunnel.ip) } : {}),
     },
   };
 }

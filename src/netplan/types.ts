@@ -133,6 +133,9 @@ export interface NetState {
   readonly sysctls: readonly Sysctl[];
 }
 
+/** What an ambient planner contributes to a node's host state (everything but CNI routes and masquerade). */
+export type HostAmbient = NetState & { readonly notes: readonly string[] };
+
 export interface CniConflist {
   readonly cniVersion: string;
   readonly name: string;
