@@ -8,6 +8,8 @@ import { parseFacts } from "../../src/netplan/facts.js";
 import type { NodeFacts } from "../../src/netplan/facts.js";
 import { parseTopology } from "../../src/topology/index.js";
 import type { Topology } from "../../src/topology/index.js";
+import { assertIssue, assertOneIssue, expectAccepted, expectRejected, issueFor } from "../support/issues.js";
+import type { ExpectedIssue } from "../support/issues.js";
 import { fromRoot } from "../support/paths.js";
 
 const FILE = "node-facts.yaml";
@@ -69,61 +71,16 @@ const DPU_LINES = [
 ] as const;
 
 function accept(text: string, context?: Context): NodeFacts {
-  const result = parseFacts(text, FILE, context);
-  if (!result.ok) {
-    assert.fail(`expected the facts to be accepted, got:\n${result.issues.map(formatIssue).join("\n")}`);
-  }
-  return result.value;
+  return expectAccepted(parseFacts(text, FILE, context), "the facts");
 }
 
 function reject(text: string, context?: Context): ConfigIssue[] {
-  const result = parseFacts(text, FILE, context);
-  assert.equal(result.ok, false, "expected the facts to be rejected");
-  if (result.ok) throw new Error("unreachable");
-  assert.ok(result.issues.length > 0, "a rejected file must carry at least one issue");
-  for (const issue of result.issues) assert.equal(issue.file, FILE, "every issue names the file");
-  return result.issues;
-}
-
-interface Expected {
-  field: string;
-  /** `undefined` asserts that the issue carries no position (whole-file problems). */
-  line: number | undefined;
-  column?: number;
-  /** Every pattern must match the message. */
-  message: readonly RegExp[];
-  /** No pattern may match the message. */
-  notMessage?: readonly RegExp[];
-}
-
-function assertIssue(issue: ConfigIssue | undefined, expected: Expected): void {
-  assert.ok(issue, `expected an issue for ${expected.field}`);
-  const shown = formatIssue(issue);
-  assert.equal(issue.field, expected.field, `field of: ${shown}`);
-  assert.equal(issue.line, expected.line, `line of: ${shown}`);
-  if (expected.column !== undefined) assert.equal(issue.column, expected.column, `column of: ${shown}`);
-  for (const pattern of expected.message) assert.match(issue.message, pattern, `message of: ${shown}`);
-  for (const pattern of expected.notMessage ?? [])
-    assert.doesNotMatch(issue.message, pattern, `message of: ${shown}`);
+  return expectRejected(parseFacts(text, FILE, context), FILE, "the facts");
 }
 
 /** The file must be rejected with exactly one issue, matching `expected`. */
-function rejectOnce(text: string, expected: Expected, context?: Context): ConfigIssue {
-  const issues = reject(text, context);
-  assert.equal(issues.length, 1, `expected exactly one issue, got:\n${issues.map(formatIssue).join("\n")}`);
-  assertIssue(issues[0], expected);
-  return issues[0] as ConfigIssue;
-}
-
-/** The one issue whose field is `field`; fails when there is none or more than one. */
-function issueFor(issues: readonly ConfigIssue[], field: string): ConfigIssue {
-  const matching = issues.filter((i) => i.field === field);
-  assert.equal(
-    matching.length,
-    1,
-    `expected one issue for ${field}, got:\n${issues.map(formatIssue).join("\n")}`,
-  );
-  return matching[0] as ConfigIssue;
+function rejectOnce(text: string, expected: ExpectedIssue, context?: Context): ConfigIssue {
+  return assertOneIssue(reject(text, context), expected);
 }
 
 // ---------------------------------------------------------------------------------------------

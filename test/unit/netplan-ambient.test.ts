@@ -3,10 +3,10 @@ import assert from "node:assert/strict";
 import { readdir } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import type { z } from "zod";
-import { formatIssue } from "../../src/configfile/issues.js";
 import { planCpuAmbient } from "../../src/netplan/ambientCpu.js";
 import { planProxyNodeAmbient } from "../../src/netplan/ambientDpu.js";
-import { factsSchema, loadFactsFile } from "../../src/netplan/facts.js";
+import { loadFactsFile } from "../../src/netplan/facts.js";
+import type { factsSchema } from "../../src/netplan/facts.js";
 import type { NodeFacts } from "../../src/netplan/facts.js";
 import { selectMembers } from "../../src/netplan/members.js";
 import { mergeFirewalls, planNode } from "../../src/netplan/plan.js";
@@ -29,31 +29,14 @@ import type {
   Route,
 } from "../../src/netplan/types.js";
 import { planZtunnelPod } from "../../src/netplan/ztunnelPod.js";
-import { loadTopologyFile, parseTopology } from "../../src/topology/index.js";
-import type { Topology, TopologyNode } from "../../src/topology/index.js";
+import { loadTopologyFile } from "../../src/topology/index.js";
+import { facts, node, topology } from "../support/netplan.js";
+import type { FactsInput } from "../support/netplan.js";
 
 // Unit tests of the ambient planners (members, CPU, DPU/single, ztunnel pod), of their composition
 // in planNode/mergeFirewalls, and of the text renderings in render.ts.
 
-const FILE = "cluster-conf.yaml";
-type FactsInput = z.input<typeof factsSchema>;
 type PodInput = z.input<typeof factsSchema>["pods"] extends (infer P)[] | undefined ? P : never;
-
-function topology(...lines: string[]): Topology {
-  const parsed = parseTopology(lines.join("\n") + "\n", FILE);
-  if (!parsed.ok) assert.fail(`topology rejected:\n${parsed.issues.map(formatIssue).join("\n")}`);
-  return parsed.value;
-}
-
-function facts(input: FactsInput): NodeFacts {
-  return factsSchema.parse(input);
-}
-
-function node(topo: Topology, name: string): TopologyNode {
-  const n = topo.byName.get(name);
-  assert.ok(n, `node ${name} is in the test topology`);
-  return n;
-}
 
 function planned(outcome: PlanOutcome): NodePlan {
   if (!outcome.planned) assert.fail(`expected a plan, got: ${outcome.reason}`);

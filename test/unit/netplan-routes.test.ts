@@ -1,40 +1,18 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import type { z } from "zod";
-import { formatIssue } from "../../src/configfile/issues.js";
 import { planCniRoutes } from "../../src/netplan/cniRoutes.js";
 import { planConflist } from "../../src/netplan/conflist.js";
-import { factsSchema } from "../../src/netplan/facts.js";
 import type { NodeFacts } from "../../src/netplan/facts.js";
 import { planMasquerade } from "../../src/netplan/masquerade.js";
 import type { Route } from "../../src/netplan/types.js";
-import { parseTopology } from "../../src/topology/index.js";
-import type { Topology, TopologyNode } from "../../src/topology/index.js";
+import { facts, node, topology } from "../support/netplan.js";
+import type { FactsInput } from "../support/netplan.js";
 
 // Unit tests of the planners that do not depend on the ambient mode: the main-table routes to the
 // other nodes' pod CIDRs (cniRoutes.ts), the CNI conflist (conflist.ts) and the masquerade chain
 // (masquerade.ts).
 
-const FILE = "cluster-conf.yaml";
 const NIC = "eno1";
-
-type FactsInput = z.input<typeof factsSchema>;
-
-function topology(...lines: string[]): Topology {
-  const parsed = parseTopology(lines.join("\n") + "\n", FILE);
-  if (!parsed.ok) assert.fail(`topology rejected:\n${parsed.issues.map(formatIssue).join("\n")}`);
-  return parsed.value;
-}
-
-function facts(input: FactsInput): NodeFacts {
-  return factsSchema.parse(input);
-}
-
-function node(topo: Topology, name: string): TopologyNode {
-  const n = topo.byName.get(name);
-  assert.ok(n, `node ${name} is in the test topology`);
-  return n;
-}
 
 // Two CPU/DPU pairs and two singles. Node i has address 10.0.0.i and pod CIDR 10.244.i.0/24
 // (fd00:244:i::/64 in the dual-stack tests).

@@ -15,6 +15,8 @@ import {
   servingNode,
 } from "../../src/topology/index.js";
 import type { NodeLookup, Topology, TopologyNode } from "../../src/topology/index.js";
+import { assertIssue, assertOneIssue, expectAccepted, expectRejected, issueFor } from "../support/issues.js";
+import type { ExpectedIssue } from "../support/issues.js";
 
 const FILE = "cluster-conf.yaml";
 
@@ -54,57 +56,16 @@ function seedWithLine(lineNo: number, replacement: string | undefined): string {
 }
 
 function accept(text: string): Topology {
-  const result = parseTopology(text, FILE);
-  if (!result.ok) {
-    assert.fail(`expected the file to be accepted, got:\n${result.issues.map(formatIssue).join("\n")}`);
-  }
-  return result.value;
+  return expectAccepted(parseTopology(text, FILE), "the file");
 }
 
 function reject(text: string): ConfigIssue[] {
-  const result = parseTopology(text, FILE);
-  assert.equal(result.ok, false, "expected the file to be rejected");
-  if (result.ok) throw new Error("unreachable");
-  assert.ok(result.issues.length > 0, "a rejected file must carry at least one issue");
-  for (const issue of result.issues) assert.equal(issue.file, FILE, "every issue names the file");
-  return result.issues;
-}
-
-interface Expected {
-  field: string;
-  /** `undefined` asserts that the issue carries no position (whole-file problems). */
-  line: number | undefined;
-  column?: number;
-  /** Every pattern must match the message. */
-  message: readonly RegExp[];
-}
-
-function assertIssue(issue: ConfigIssue | undefined, expected: Expected): void {
-  assert.ok(issue, `expected an issue for ${expected.field}`);
-  const shown = formatIssue(issue);
-  assert.equal(issue.field, expected.field, `field of: ${shown}`);
-  assert.equal(issue.line, expected.line, `line of: ${shown}`);
-  if (expected.column !== undefined) assert.equal(issue.column, expected.column, `column of: ${shown}`);
-  for (const pattern of expected.message) assert.match(issue.message, pattern, `message of: ${shown}`);
+  return expectRejected(parseTopology(text, FILE), FILE, "the file");
 }
 
 /** The file must be rejected with exactly one issue, matching `expected`. */
-function rejectOnce(text: string, expected: Expected): ConfigIssue {
-  const issues = reject(text);
-  assert.equal(issues.length, 1, `expected exactly one issue, got:\n${issues.map(formatIssue).join("\n")}`);
-  assertIssue(issues[0], expected);
-  return issues[0] as ConfigIssue;
-}
-
-/** The one issue whose field is `field`; fails when there is none or more than one. */
-function issueFor(issues: readonly ConfigIssue[], field: string): ConfigIssue {
-  const matching = issues.filter((i) => i.field === field);
-  assert.equal(
-    matching.length,
-    1,
-    `expected one issue for ${field}, got:\n${issues.map(formatIssue).join("\n")}`,
-  );
-  return matching[0] as ConfigIssue;
+function rejectOnce(text: string, expected: ExpectedIssue): ConfigIssue {
+  return assertOneIssue(reject(text), expected);
 }
 
 function found(lookup: NodeLookup): TopologyNode {
