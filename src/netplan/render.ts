@@ -87,7 +87,8 @@ export function routeText(r: Route): string {
   parts.push(r.dst);
   if (r.via) parts.push("via", r.via);
   if (r.dev) parts.push("dev", r.dev);
-  if (r.proto) parts.push("proto", ROUTE_PROTO.name);
+  // Printed as the kernel prints it: iproute2 knows no name for offmesh's protocol number.
+  if (r.proto) parts.push("proto", String(ROUTE_PROTO.number));
   if (r.scope) parts.push("scope", r.scope);
   if (r.src) parts.push("src", r.src);
   if (r.onlink) parts.push("onlink");

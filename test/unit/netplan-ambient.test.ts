@@ -1417,7 +1417,7 @@ describe("render", () => {
   it("routeText: blackhole, local, onlink, src, plain unicast, and no proto when none", () => {
     assert.equal(
       routeText({ family: 4, table: 101, type: "blackhole", dst: "default", proto: "offmesh" }),
-      "blackhole default proto offmesh",
+      "blackhole default proto 176",
     );
     assert.equal(
       routeText({
@@ -1429,7 +1429,7 @@ describe("render", () => {
         scope: "host",
         proto: "offmesh",
       }),
-      "local default dev lo proto offmesh scope host",
+      "local default dev lo proto 176 scope host",
     );
     assert.equal(
       routeText({
@@ -1441,7 +1441,7 @@ describe("render", () => {
         onlink: true,
         proto: "offmesh",
       }),
-      "default via 10.244.1.2 dev veth0 proto offmesh onlink",
+      "default via 10.244.1.2 dev veth0 proto 176 onlink",
     );
     assert.equal(
       routeText({
@@ -1453,7 +1453,7 @@ describe("render", () => {
         src: "10.244.1.1",
         proto: "offmesh",
       }),
-      "10.244.0.5 via 192.168.126.2 dev istioin proto offmesh src 10.244.1.1",
+      "10.244.0.5 via 192.168.126.2 dev istioin proto 176 src 10.244.1.1",
     );
     assert.equal(
       routeText({
@@ -1465,7 +1465,7 @@ describe("render", () => {
         scope: "link",
         proto: "offmesh",
       }),
-      "10.244.1.2 dev veth0 proto offmesh scope link",
+      "10.244.1.2 dev veth0 proto 176 scope link",
     );
     assert.equal(
       routeText({ family: 4, table: "main", dst: "10.0.0.0/8", via: "10.0.0.1" }),
@@ -1492,10 +1492,10 @@ describe("render", () => {
       100,
     );
     assert.deepEqual(text.split("\n"), [
-      "default dev x proto offmesh",
-      "10.244.0.9 dev x proto offmesh",
-      "10.244.0.10 dev x proto offmesh",
-      "10.244.0.100 dev x proto offmesh",
+      "default dev x proto 176",
+      "10.244.0.9 dev x proto 176",
+      "10.244.0.10 dev x proto 176",
+      "10.244.0.100 dev x proto 176",
       "",
     ]);
     assert.equal(renderRoutes([], 100), "");
@@ -1535,7 +1535,7 @@ describe("render", () => {
     assert.ok(pod > text.indexOf("## iptables-save"));
     assert.ok(text.indexOf("## ip route show table main    (offmesh's routes only)") < pod);
     assert.ok(
-      text.slice(pod).includes("## ip route show table 100\nlocal default dev lo proto offmesh scope host\n"),
+      text.slice(pod).includes("## ip route show table 100\nlocal default dev lo proto 176 scope host\n"),
     );
     assert.ok(text.includes("ip link set veth1ae58883 mtu 1550    # "));
     assert.ok(!renderPlan(seedPlan("master")).includes("inside the ztunnel pod"));

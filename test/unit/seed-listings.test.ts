@@ -37,12 +37,12 @@ function ourSections(plan: NodePlan): Sections {
     // Every route offmesh installs carries its protocol (ownership, fix of bug 1); the original's did not.
     const lines = renderRoutes(plan.host.routes, table).trimEnd().split("\n");
     assert.ok(
-      lines.every((l) => l.includes(" proto offmesh")),
-      `table ${table}: every route tagged proto offmesh`,
+      lines.every((l) => l.includes(" proto 176")),
+      `table ${table}: every route tagged proto 176`,
     );
     out.set(
       `ip route show table ${table}`,
-      lines.map((l) => l.replace(" proto offmesh", "")),
+      lines.map((l) => l.replace(" proto 176", "")),
     );
   }
   return out;
