@@ -110,4 +110,6 @@ export const CNI = {
   conflistName: "offmesh",
   cniVersion: "1.0.0",
   ipamDataDir: "/run/cni-ipam-state",
+  /** Where the node agent listens for the `offmesh-cni` plugin (mirrors src/cni/protocol.ts). */
+  agentSocket: "/run/offmesh/cni.sock",
 } as const;

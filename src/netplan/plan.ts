@@ -4,6 +4,7 @@ import { planCpuAmbient } from "./ambientCpu.js";
 import { planProxyNodeAmbient } from "./ambientDpu.js";
 import { planCniRoutes } from "./cniRoutes.js";
 import { planConflist } from "./conflist.js";
+import type { ConflistOptions } from "./conflist.js";
 import type { NodeFacts } from "./facts.js";
 import { planMasquerade } from "./masquerade.js";
 import { selectMembers } from "./members.js";
@@ -17,7 +18,12 @@ import { planZtunnelPod } from "./ztunnelPod.js";
  * Fix of bug 20: a node that is not in the topology plans nothing and says why, instead of
  * running the DPU logic with empty names.
  */
-export function planNode(topo: Topology, nodeName: string, facts: NodeFacts): PlanOutcome {
+export function planNode(
+  topo: Topology,
+  nodeName: string,
+  facts: NodeFacts,
+  options: ConflistOptions = {},
+): PlanOutcome {
   const found = lookupByName(topo, nodeName);
   if (!found.found) {
     return {
@@ -50,7 +56,7 @@ export function planNode(topo: Topology, nodeName: string, facts: NodeFacts): Pl
       role: self.role,
       family,
       notes: [...cni.notes, ...membership.notes, ...ambientNotes],
-      conflist: planConflist(facts),
+      conflist: planConflist(facts, options),
       host: {
         ...hostAmbient,
         firewalls: mergeFirewalls([...ambient.firewalls, ...planMasquerade(facts)]),

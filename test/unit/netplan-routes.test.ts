@@ -341,14 +341,15 @@ describe("planCniRoutes: dual stack (bug 4)", () => {
 describe("planConflist", () => {
   const base = factsOf("cpu-a");
 
-  it("is ptp with host-local IPAM, then portmap", () => {
+  it("is ptp with host-local IPAM, then portmap, then the chained offmesh-cni plugin", () => {
     const c = planConflist(base);
     assert.equal(c.cniVersion, "1.0.0");
     assert.equal(c.name, "offmesh");
     assert.deepEqual(
       c.plugins.map((p) => p.type),
-      ["ptp", "portmap"],
+      ["ptp", "portmap", "offmesh-cni"],
     );
+    assert.deepEqual(c.plugins[2], { type: "offmesh-cni", agentSocket: "/run/offmesh/cni.sock" });
     const ptp = c.plugins[0];
     assert.equal(ptp?.ipMasq, false);
     assert.deepEqual(ptp?.ipam, {
@@ -358,6 +359,15 @@ describe("planConflist", () => {
       ranges: [[{ subnet: "10.244.11.0/24", gateway: "10.244.11.1" }]],
     });
     assert.deepEqual(c.plugins[1], { type: "portmap", capabilities: { portMappings: true } });
+  });
+
+  it("takes the IPAM data directory and the agent socket as options", () => {
+    const c = planConflist(base, {
+      ipamDataDir: "/run/offmesh/lab/n1/ipam",
+      agentSocket: "/run/offmesh/lab/n1/cni.sock",
+    });
+    assert.equal((c.plugins[0]?.ipam as { dataDir: string }).dataDir, "/run/offmesh/lab/n1/ipam");
+    assert.deepEqual(c.plugins[2], { type: "offmesh-cni", agentSocket: "/run/offmesh/lab/n1/cni.sock" });
   });
 
   it("writes the NIC's MTU into ptp (bug 6)", () => {
