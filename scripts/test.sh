@@ -11,7 +11,12 @@ npx prettier --check . >/dev/null || { npx prettier --check .; die "formatting d
 
 say "test"
 tap="$(mktemp)"
-trap 'rm -f "$tap"' EXIT
+# Kernel tests name their namespaces omt-<run>-*; whatever a crashed test process left is removed here.
+export OFFMESH_TEST_RUN="$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"
+remove_test_netns() {
+  ip netns list 2>/dev/null | awk '{print $1}' | grep "^omt-${OFFMESH_TEST_RUN}-" | while read -r ns; do ip netns del "$ns"; done
+}
+trap 'rm -f "$tap"; remove_test_netns' EXIT
 status=0
 node --test --test-reporter=spec --test-reporter-destination=stdout \
   --test-reporter=tap --test-reporter-destination="$tap" dist/test/ || status=$?

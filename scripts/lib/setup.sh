@@ -61,12 +61,21 @@ ensure_npm_deps() {
   fi
 }
 
+# What the agent, the reconciler and the kernel tests run: iproute2, iptables (nft and legacy),
+# ipset, nsenter, and the reference CNI plugins.
+CNI_PLUGIN_DIR=/usr/lib/cni
+ensure_kernel_tools() {
+  ensure_commands ip:iproute2 iptables:iptables iptables-legacy:iptables ipset:ipset nsenter:util-linux
+  [ -x "$CNI_PLUGIN_DIR/ptp" ] || apt_install containernetworking-plugins
+}
+
 build() {
   say "build"
   (cd "$OFFMESH_ROOT" && rm -rf dist && npx tsc -p tsconfig.json)
 }
 
 setup() {
+  ensure_kernel_tools
   ensure_node
   ensure_npm_deps
   build

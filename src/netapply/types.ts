@@ -23,7 +23,11 @@ export function combine(results: readonly BackendResult[]): BackendResult {
   };
 }
 
-/** A reconcile step that failed; the state it was converging is left as it was before the step. */
+/**
+ * A reconcile step that failed. Steps that are atomic in the kernel (an iptables-restore per table,
+ * an ipset swap) leave the previous state; an `ip -batch` stops at the failing line, which the
+ * message names, and the next reconcile converges the rest.
+ */
 export class ApplyError extends Error {
   constructor(
     readonly backend: string,

@@ -13,9 +13,16 @@ export const rootOnly: { skip: string | false } = {
   skip: isRoot ? false : "needs root to create network namespaces (run the suite as root)",
 };
 
-const RUN_ID = randomBytes(3).toString("hex");
+// scripts/test.sh sets OFFMESH_TEST_RUN so that it can remove this run's namespaces even after a
+// test process crashed; a file run on its own gets a random id.
+const RUN_ID = (process.env.OFFMESH_TEST_RUN ?? randomBytes(3).toString("hex")).slice(0, 8);
 const created = new Set<string>();
-let hooked = false;
+
+// Registered when the module loads, i.e. at the top level of the test file that imports it: a hook
+// registered inside a test would belong to that test only and miss namespaces created later.
+after(() => {
+  for (const ns of created) deleteNetns(ns);
+});
 
 export interface TestNetns {
   readonly name: string;
@@ -29,12 +36,6 @@ export function createNetns(label: string): TestNetns {
   const name = `omt-${RUN_ID}-${label}`.slice(0, 40);
   execFileSync("ip", ["netns", "add", name]);
   created.add(name);
-  if (!hooked) {
-    hooked = true;
-    after(() => {
-      for (const ns of created) deleteNetns(ns);
-    });
-  }
   execFileSync("ip", ["netns", "exec", name, "ip", "link", "set", "lo", "up"]);
   const path = `/var/run/netns/${name}`;
   return {
