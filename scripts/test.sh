@@ -14,7 +14,10 @@ tap="$(mktemp)"
 # Kernel tests name their namespaces omt-<run>-*; whatever a crashed test process left is removed here.
 export OFFMESH_TEST_RUN="$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"
 remove_test_netns() {
-  ip netns list 2>/dev/null | awk '{print $1}' | grep "^omt-${OFFMESH_TEST_RUN}-" | while read -r ns; do ip netns del "$ns"; done
+  local ns
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
+    case "$ns" in "omt-${OFFMESH_TEST_RUN}-"*) ip netns del "$ns" || true ;; esac
+  done
 }
 trap 'rm -f "$tap"; remove_test_netns' EXIT
 status=0

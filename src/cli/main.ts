@@ -1,4 +1,5 @@
 import { Command, CommanderError } from "commander";
+import { addAgentCommands } from "./agent.js";
 import { EXIT, processIo } from "./output.js";
 import type { Io } from "./output.js";
 import { renderCommand } from "./render.js";
@@ -33,6 +34,7 @@ export function buildProgram(io: Io, setExit: (code: number) => void): Command {
       setExit(await renderCommand(io, opts)),
     );
 
+  addAgentCommands(program, io, setExit);
   return program;
 }
 
@@ -43,7 +45,11 @@ export async function runCli(argv: readonly string[], io: Io = processIo): Promi
     await program.parseAsync([...argv], { from: "user" });
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
-    throw err;
+    // A failure the command did not turn into an exit code (a lock held by another agent, a
+    // kernel command that failed): one clear line, and the stack only when asked for.
+    io.err(`error: ${(err as Error).message}\n`);
+    if (process.env.OFFMESH_DEBUG) io.err(`${(err as Error).stack ?? ""}\n`);
+    return EXIT.invalid;
   }
   return code;
 }

@@ -20,9 +20,12 @@ export class ClusterState {
   readonly services = new Map<string, ClusterService>();
   readonly policies = new Map<string, ClusterPolicy>();
   topology: ClusterTopology | undefined;
+  /** Copies are made once per change, not once per read: consumers read on every event. */
+  private cached: ClusterSnapshot | undefined;
 
   /** Apply an event to the maps. */
   apply(event: ClusterEvent): void {
+    this.cached = undefined;
     const del = event.type === "delete";
     switch (event.kind) {
       case "node":
@@ -52,7 +55,7 @@ export class ClusterState {
   }
 
   snapshot(): ClusterSnapshot {
-    return {
+    this.cached ??= {
       nodes: new Map(this.nodes),
       pods: new Map(this.pods),
       namespaces: new Map(this.namespaces),
@@ -60,6 +63,7 @@ export class ClusterState {
       policies: new Map(this.policies),
       ...(this.topology ? { topology: this.topology } : {}),
     };
+    return this.cached;
   }
 }
 

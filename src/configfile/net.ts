@@ -65,7 +65,10 @@ export function cidrContains(cidr: Cidr, ip: string): boolean {
 }
 
 export function ipToBigInt(ip: string, family: IpFamily): bigint {
-  if (family === 4) return ip.split(".").reduce((acc, octet) => (acc << 8n) | BigInt(Number(octet)), 0n);
+  if (family === 4) {
+    const [a = 0, b = 0, c = 0, d = 0] = ip.split(".").map(Number);
+    return BigInt(a * 16777216 + b * 65536 + c * 256 + d);
+  }
   const [head = "", tail = ""] = ip.split("::");
   const h = head === "" ? [] : head.split(":");
   const t = ip.includes("::") ? (tail === "" ? [] : tail.split(":")) : [];

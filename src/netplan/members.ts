@@ -1,4 +1,5 @@
-import { canonicalIp, cidrContains, parseCidr } from "../configfile/net.js";
+import { canonicalIp, cidrContains, ipToBigInt, parseCidr } from "../configfile/net.js";
+import type { Cidr } from "../configfile/net.js";
 import type { IpFamily } from "../configfile/net.js";
 import { servedNodes } from "../topology/lookup.js";
 import type { Topology, TopologyNode } from "../topology/types.js";
@@ -29,14 +30,27 @@ export function selectMembers(
   const captured = new Set(
     self.role === "cpu" ? [self.name] : servedNodes(topo, self.name).map((n) => n.name),
   );
-  const cidrsOf = (node: string): string[] =>
-    node === self.name ? facts.podCIDRs : (facts.nodes.find((n) => n.name === node)?.podCIDRs ?? []);
+  // Parsed once per node: this runs for every pod of the node on every pod event.
+  const cidrCache = new Map<string, Cidr[]>();
+  const cidrsOf = (node: string): Cidr[] => {
+    let cidrs = cidrCache.get(node);
+    if (!cidrs) {
+      const texts =
+        node === self.name ? facts.podCIDRs : (facts.nodes.find((n) => n.name === node)?.podCIDRs ?? []);
+      cidrs = texts.map((c) => parseCidr(c)).filter((c) => c !== undefined);
+      cidrCache.set(node, cidrs);
+    }
+    return cidrs;
+  };
   const ztunnelIp = facts.ztunnel ? canonicalIp(facts.ztunnel.ip)?.ip : undefined;
   const notes: string[] = [];
   const byIp = new Map<string, IpSetMember>();
 
   // Sorted first so that the plan, notes included, does not depend on the order pods were listed in.
-  const ordered = [...pods].sort((a, b) => podKey(a).localeCompare(podKey(b)));
+  const ordered = pods
+    .map((p) => ({ p, key: podKey(p) }))
+    .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
+    .map((x) => x.p);
   for (const pod of ordered) {
     if (!captured.has(pod.node)) continue;
     const who = `pod ${pod.namespace}/${pod.name}`;
@@ -50,9 +64,7 @@ export function selectMembers(
       notes.push(`${who} has no IPv${family} address yet; it is not captured until it has one (bug 17)`);
       continue;
     }
-    const cidrs = cidrsOf(pod.node)
-      .map((c) => parseCidr(c))
-      .filter((c) => c !== undefined);
+    const cidrs = cidrsOf(pod.node);
     for (const { ip } of mine) {
       if (ip === ztunnelIp) {
         notes.push(`${who} has the ztunnel's address ${ip}; the ztunnel is never captured`);
@@ -67,17 +79,30 @@ export function selectMembers(
       }
     }
   }
-  const members = [...byIp.values()].sort((a, b) => compareIps(a.ip, b.ip));
+  const members = sortByAddress([...byIp.values()], (m) => m.ip);
   return { members, notes };
 }
 
 const podKey = (p: PodFacts): string => `${p.node}\u0000${p.namespace}\u0000${p.name}\u0000${p.uid}`;
 
+/** Numeric order of addresses (10.244.0.9 before 10.244.0.10); IPv4 before IPv6. */
 export function compareIps(a: string, b: string): number {
-  const pa = canonicalIp(a);
-  const pb = canonicalIp(b);
-  if (!pa || !pb || pa.family !== pb.family) return a < b ? -1 : a > b ? 1 : 0;
-  const ca = parseCidr(`${pa.ip}/${pa.family === 4 ? 32 : 128}`)?.network ?? 0n;
-  const cb = parseCidr(`${pb.ip}/${pb.family === 4 ? 32 : 128}`)?.network ?? 0n;
-  return ca < cb ? -1 : ca > cb ? 1 : 0;
+  const ka = addressKey(a);
+  const kb = addressKey(b);
+  return ka < kb ? -1 : ka > kb ? 1 : 0;
+}
+
+/** Sort by address, computing each key once (sorting thousands of pods runs on every pod event). */
+export function sortByAddress<T>(items: readonly T[], address: (item: T) => string): T[] {
+  return items
+    .map((item) => ({ item, key: addressKey(address(item)) }))
+    .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
+    .map((x) => x.item);
+}
+
+function addressKey(text: string): bigint {
+  const parsed = canonicalIp(text);
+  if (!parsed) return -1n;
+  const value = ipToBigInt(parsed.ip, parsed.family);
+  return parsed.family === 4 ? value : value + (1n << 32n);
 }

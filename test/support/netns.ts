@@ -32,8 +32,11 @@ export interface TestNetns {
   sh(cmd: string, args: readonly string[], input?: string): string;
 }
 
+/** A namespace name unique to this run, for namespaces made by other means (a pod's, by the CNI runtime). */
+export const testNetnsName = (label: string): string => `omt-${RUN_ID}-${label}`.slice(0, 40);
+
 export function createNetns(label: string): TestNetns {
-  const name = `omt-${RUN_ID}-${label}`.slice(0, 40);
+  const name = testNetnsName(label);
   execFileSync("ip", ["netns", "add", name]);
   created.add(name);
   execFileSync("ip", ["netns", "exec", name, "ip", "link", "set", "lo", "up"]);

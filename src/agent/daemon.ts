@@ -1,0 +1,137 @@
+import { createServer } from "node:http";
+import type { Server } from "node:http";
+import { join } from "node:path";
+import { pino } from "pino";
+import type { Logger } from "pino";
+import { FileClusterSource } from "../cluster/file.js";
+import type { ClusterSource } from "../cluster/types.js";
+import { installConflist } from "../cni/conflist-install.js";
+import { serveAgentSocket } from "../cni/socket.js";
+import { Runner } from "../netapply/exec.js";
+import type { IptablesMode } from "../netapply/iptables.js";
+import { Reconciler } from "../netapply/reconciler.js";
+import type { TunnelKind } from "../netplan/types.js";
+import { NodeAgent } from "./agent.js";
+import { acquireLock } from "./lock.js";
+import { AgentMetrics } from "./metrics.js";
+
+export interface DaemonOptions {
+  readonly nodeName: string;
+  readonly clusterState: string;
+  readonly clusterConf: string;
+  /** Network namespace of the node (a path); default: the agent's own. */
+  readonly netns?: string;
+  readonly stateDir: string;
+  readonly socketPath: string;
+  /** Where to install the CNI conflist; undefined: leave the node's CNI config alone. */
+  readonly cniConfDir?: string;
+  readonly ipamDataDir?: string;
+  readonly clusterPodCIDRs?: readonly string[];
+  readonly tunnel?: TunnelKind;
+  readonly iptablesMode?: IptablesMode;
+  readonly resyncMs: number;
+  /** host:port for /metrics, /healthz and /status; undefined: no HTTP server. */
+  readonly metricsAddr?: string;
+  readonly log?: Logger;
+}
+
+export interface RunningDaemon {
+  readonly agent: NodeAgent;
+  readonly metricsUrl?: string;
+  stop(): Promise<void>;
+}
+
+/** Wire an agent to its inputs and outputs: cluster source, kernel, CNI socket, metrics. */
+export async function startDaemon(opts: DaemonOptions, source?: ClusterSource): Promise<RunningDaemon> {
+  const log = opts.log ?? pino({ name: "offmesh-agent", base: { node: opts.nodeName } }, pino.destination(2));
+  const lock = await acquireLock(join(opts.stateDir, "agent.lock"));
+  const cleanups: (() => Promise<void>)[] = [() => lock.release()];
+  try {
+    const runner = new Runner(opts.netns);
+    const metrics = new AgentMetrics();
+    const clusterSource =
+      source ??
+      new FileClusterSource({
+        statePath: opts.clusterState,
+        topologyPath: opts.clusterConf,
+        onError: (m) => log.error(m),
+      });
+    const agent = new NodeAgent({
+      nodeName: opts.nodeName,
+      source: clusterSource,
+      runner,
+      applier: new Reconciler({
+        runner,
+        stateDir: opts.stateDir,
+        ...(opts.iptablesMode ? { iptablesMode: opts.iptablesMode } : {}),
+      }),
+      metrics,
+      log,
+      ...(opts.cniConfDir ? { installConflist: (c) => installConflist(opts.cniConfDir ?? "", c) } : {}),
+      conflistOptions: {
+        agentSocket: opts.socketPath,
+        ...(opts.ipamDataDir ? { ipamDataDir: opts.ipamDataDir } : {}),
+      },
+      ...(opts.clusterPodCIDRs ? { clusterPodCIDRs: opts.clusterPodCIDRs } : {}),
+      ...(opts.tunnel ? { tunnel: opts.tunnel } : {}),
+      resyncMs: opts.resyncMs,
+    });
+    // The socket is served before the first apply so that a pod ADD arriving during start-up waits
+    // for the agent instead of failing.
+    const socket = await serveAgentSocket(opts.socketPath, (req) => agent.handle(req));
+    cleanups.unshift(() => socket.close());
+    await agent.start();
+    cleanups.unshift(() => agent.stop());
+    cleanups.unshift(() => clusterSource.stop());
+    let metricsUrl: string | undefined;
+    if (opts.metricsAddr) {
+      const server = await serveMetrics(opts.metricsAddr, agent, metrics);
+      cleanups.unshift(() => new Promise((r) => server.close(() => r())));
+      metricsUrl = `http://${opts.metricsAddr}`;
+    }
+    log.info({ role: agent.status().role, ready: agent.status().ready }, "agent started");
+    return {
+      agent,
+      ...(metricsUrl ? { metricsUrl } : {}),
+      stop: async () => {
+        for (const c of cleanups) await c().catch(() => undefined);
+      },
+    };
+  } catch (err) {
+    for (const c of cleanups) await c().catch(() => undefined);
+    throw err;
+  }
+}
+
+async function serveMetrics(addr: string, agent: NodeAgent, metrics: AgentMetrics): Promise<Server> {
+  const [host, portText] = splitHostPort(addr);
+  const server = createServer((req, res) => {
+    void (async () => {
+      if (req.url === "/metrics") {
+        res.setHeader("content-type", metrics.registry.contentType);
+        res.end(await metrics.registry.metrics());
+      } else if (req.url === "/healthz") {
+        const s = agent.status();
+        res.statusCode = s.ready ? 200 : 503;
+        res.end(s.ready ? "ready\n" : `not ready: ${s.notReadyReason ?? ""}\n`);
+      } else if (req.url === "/status") {
+        res.setHeader("content-type", "application/json");
+        res.end(JSON.stringify(agent.status(), null, 2));
+      } else {
+        res.statusCode = 404;
+        res.end("not found\n");
+      }
+    })();
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(Number(portText), host, () => resolve());
+  });
+  return server;
+}
+
+export function splitHostPort(addr: string): [string, string] {
+  const i = addr.lastIndexOf(":");
+  if (i <= 0) throw new Error(`--metrics-addr ${addr}: expected host:port`);
+  return [addr.slice(0, i).replace(/^\[|\]$/g, ""), addr.slice(i + 1)];
+}
