@@ -13,6 +13,7 @@ import { NodeAgent } from "../src/agent/agent.js";
 import { AgentMetrics } from "../src/agent/metrics.js";
 import { MemoryClusterSource } from "../src/cluster/memory.js";
 import type { ClusterPod } from "../src/cluster/types.js";
+import type { AgentRequest } from "../src/cni/protocol.js";
 import { serveAgentSocket } from "../src/cni/socket.js";
 import { Runner } from "../src/netapply/exec.js";
 import { Reconciler } from "../src/netapply/reconciler.js";
@@ -79,6 +80,19 @@ function source(pods: number): MemoryClusterSource {
   for (let i = 0; i < pods; i++) s.upsertPod(meshedPod(i));
   return s;
 }
+
+const addRequest = (i: number): AgentRequest => ({
+  op: "add",
+  pod: {
+    namespace: "apps",
+    name: `p-${i}`,
+    uid: `uid-${i}`,
+    containerId: `c${i}`,
+    netns: "/x",
+    ifname: "eth0",
+  },
+  ips: [podIp(i)],
+});
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
 async function time(fn: () => Promise<unknown>): Promise<number> {
@@ -218,22 +232,7 @@ async function main(): Promise<void> {
     // The kubelet creates the pod object, the informer delivers it, then the runtime runs the
     // sandbox and CNI ADD: let the agent finish handling the pod event first, as it would.
     await settle();
-    inAgent.push(
-      await time(() =>
-        agent.handle({
-          op: "add",
-          pod: {
-            namespace: "apps",
-            name: `p-${i}`,
-            uid: `uid-${i}`,
-            containerId: `c${i}`,
-            netns: "/x",
-            ifname: "eth0",
-          },
-          ips: [podIp(i)],
-        }),
-      ),
-    );
+    inAgent.push(await time(() => agent.handle(addRequest(i))));
     const j = 6000 + k;
     src.upsertPod({ ...meshedPod(j), ips: [] });
     await settle();
@@ -245,22 +244,7 @@ async function main(): Promise<void> {
   for (let k = 0; k < 20; k++) {
     const i = 8000 + k;
     src.upsertPod({ ...meshedPod(i), ips: [] });
-    churn.push(
-      await time(() =>
-        agent.handle({
-          op: "add",
-          pod: {
-            namespace: "apps",
-            name: `p-${i}`,
-            uid: `uid-${i}`,
-            containerId: `c${i}`,
-            netns: "/x",
-            ifname: "eth0",
-          },
-          ips: [podIp(i)],
-        }),
-      ),
-    );
+    churn.push(await time(() => agent.handle(addRequest(i))));
     await settle();
   }
   row("ADD → captured at 5,000 pods, agent side (request to answer)", median(inAgent), median(one));

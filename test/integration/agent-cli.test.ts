@@ -8,6 +8,7 @@ import { after, before, describe, it } from "node:test";
 import { stringify } from "yaml";
 import { createNetns, rootOnly } from "../support/netns.js";
 import type { TestNetns } from "../support/netns.js";
+import { ipsetMembers } from "../support/kernel.js";
 import { fromRoot } from "../support/paths.js";
 import { createWire } from "../support/wire.js";
 
@@ -61,12 +62,7 @@ async function until(what: string, check: () => boolean, ms = 10_000): Promise<v
   }
 }
 
-const members = (node: TestNetns): string[] =>
-  node
-    .sh("ipset", ["save", "ztunnel-pods-ips"])
-    .split("\n")
-    .filter((l) => l.startsWith("add "))
-    .map((l) => l.split(" ")[2] ?? "");
+const members = ipsetMembers;
 
 describe("offmesh agent (the daemon and its commands)", { ...rootOnly }, () => {
   let node: TestNetns;

@@ -18,6 +18,7 @@ import { Reconciler } from "../../src/netapply/reconciler.js";
 import { ambient, namespace, pod, SEED_NODES, seedTopologyText } from "../support/cluster.js";
 import { createNetns, rootOnly, testNetnsName } from "../support/netns.js";
 import type { TestNetns } from "../support/netns.js";
+import { ipsetMembers } from "../support/kernel.js";
 import { fromRoot } from "../support/paths.js";
 import { createWire } from "../support/wire.js";
 
@@ -115,12 +116,7 @@ async function delPod(t: TestAgent, p: ClusterPod, netns: string): Promise<void>
   });
 }
 
-const members = (node: TestNetns): string[] =>
-  node
-    .sh("ipset", ["save", "ztunnel-pods-ips"])
-    .split("\n")
-    .filter((l) => l.startsWith("add "))
-    .map((l) => l.split(" ")[2] ?? "");
+const members = ipsetMembers;
 const table = (node: TestNetns, id: number | string): string =>
   node.sh("ip", ["route", "show", "table", String(id)]);
 const rules = (node: TestNetns): string => node.sh("ip", ["rule"]);

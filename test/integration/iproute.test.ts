@@ -1,37 +1,17 @@
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
 import { before, describe, it } from "node:test";
-import { parseFacts } from "../../src/netplan/facts.js";
-import type { NodeFacts } from "../../src/netplan/facts.js";
-import { planNode } from "../../src/netplan/plan.js";
 import { renderIpRules, renderRoutes, routeTables } from "../../src/netplan/render.js";
-import type { IpRule, NetState, NodePlan, Route } from "../../src/netplan/types.js";
+import type { IpRule, NetState, Route } from "../../src/netplan/types.js";
 import { IpRouteBackend } from "../../src/netapply/iproute.js";
 import type { BackendResult, Change } from "../../src/netapply/types.js";
 import { ApplyError } from "../../src/netapply/types.js";
-import { parseTopology } from "../../src/topology/parse.js";
 import { createNetns, isRoot, rootOnly } from "../support/netns.js";
 import type { TestNetns } from "../support/netns.js";
-import { fromRoot } from "../support/paths.js";
+import { examplePlan } from "../support/plans.js";
 
 // The ip backend against real kernels: plans of the example nodes applied in network namespaces,
 // checked against the planner's own renderings (`ip rule`, `ip route show table N`), then drifted
 // by hand and repaired, then cleaned up.
-
-function loadPlan(example: string, node: string, edit?: (f: NodeFacts) => NodeFacts): NodePlan {
-  const configPath = `examples/${example}/cluster-conf.yaml`;
-  const topo = parseTopology(readFileSync(fromRoot(configPath), "utf8"), configPath);
-  if (!topo.ok) assert.fail(`${configPath}: ${JSON.stringify(topo.issues)}`);
-  const factsPath = `examples/${example}/${node}.yaml`;
-  const facts = parseFacts(readFileSync(fromRoot(factsPath), "utf8"), factsPath, {
-    topology: topo.value,
-    node,
-  });
-  if (!facts.ok) assert.fail(`${factsPath}: ${JSON.stringify(facts.issues)}`);
-  const outcome = planNode(topo.value, node, edit ? edit(facts.value) : facts.value);
-  if (!outcome.planned) assert.fail(`${node}: ${outcome.reason}`);
-  return outcome.plan;
-}
 
 // Namespaces are created when the file loads: the support module deletes them in an `after` hook
 // registered by the first creation, which must belong to the file, not to one suite or hook.
@@ -124,7 +104,7 @@ const DEFAULT_RULES =
   "0:\tfrom all lookup local\n32766:\tfrom all lookup main\n32767:\tfrom all lookup default\n";
 
 describe("ip backend on a CPU node (examples/seed master)", { ...rootOnly }, () => {
-  const plan = loadPlan("seed", "master");
+  const plan = examplePlan("seed", "master");
   let ns: TestNetns;
   let backend: IpRouteBackend;
 
@@ -229,8 +209,8 @@ describe("ip backend on a CPU node (examples/seed master)", { ...rootOnly }, () 
 });
 
 describe("ip backend on a DPU with vxlan tunnels (examples/large cpu2-dpu)", { ...rootOnly }, () => {
-  const plan = loadPlan("large", "cpu2-dpu");
-  const restarted = loadPlan("large", "cpu2-dpu", (f) => ({
+  const plan = examplePlan("large", "cpu2-dpu");
+  const restarted = examplePlan("large", "cpu2-dpu", (f) => ({
     ...f,
     ztunnel: { ...f.ztunnel!, ip: "10.244.22.3" },
   }));
@@ -396,7 +376,7 @@ describe("ip backend on a DPU with vxlan tunnels (examples/large cpu2-dpu)", { .
 });
 
 describe("ip backend on a single node with a veth tunnel (examples/large edge1)", { ...rootOnly }, () => {
-  const plan = loadPlan("large", "edge1");
+  const plan = examplePlan("large", "edge1");
   let host: TestNetns;
   let pod: TestNetns;
   let hostBackend: IpRouteBackend;

@@ -1,6 +1,4 @@
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { Runner } from "../../src/netapply/exec.js";
 import { IptablesBackend } from "../../src/netapply/iptables.js";
@@ -16,14 +14,11 @@ import {
 import { ApplyError } from "../../src/netapply/types.js";
 import type { Change } from "../../src/netapply/types.js";
 import { IPSET_NAME } from "../../src/netplan/constants.js";
-import { parseFacts } from "../../src/netplan/facts.js";
-import { planNode } from "../../src/netplan/plan.js";
 import { renderIpsetSave } from "../../src/netplan/render.js";
-import type { IpSet, IpSetMember, NodePlan } from "../../src/netplan/types.js";
-import { parseTopology } from "../../src/topology/parse.js";
+import type { IpSet, IpSetMember } from "../../src/netplan/types.js";
 import { createNetns as createSupportNetns, deleteNetns, rootOnly } from "../support/netns.js";
 import type { TestNetns } from "../support/netns.js";
-import { fromRoot } from "../support/paths.js";
+import { examplePlan } from "../support/plans.js";
 
 // The ipset backend: its pure parts first (no root), then against the kernel in throwaway
 // network namespaces with the sets of the example nodes' plans. Kernel state is read back with
@@ -37,21 +32,6 @@ function createNetns(label: string): TestNetns {
   const ns = createSupportNetns(label);
   namespaces.push(ns.name);
   return ns;
-}
-
-function examplePlan(example: "seed" | "large", node: string): NodePlan {
-  const confPath = join("examples", example, "cluster-conf.yaml");
-  const topo = parseTopology(readFileSync(fromRoot(confPath), "utf8"), confPath);
-  if (!topo.ok) assert.fail(`${confPath}: ${JSON.stringify(topo.issues)}`);
-  const factsPath = join("examples", example, `${node}.yaml`);
-  const facts = parseFacts(readFileSync(fromRoot(factsPath), "utf8"), factsPath, {
-    topology: topo.value,
-    node,
-  });
-  if (!facts.ok) assert.fail(`${factsPath}: ${JSON.stringify(facts.issues)}`);
-  const out = planNode(topo.value, node, facts.value);
-  if (!out.planned) assert.fail(out.reason);
-  return out.plan;
 }
 
 function podSet(example: "seed" | "large", node: string): IpSet {

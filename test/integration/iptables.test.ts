@@ -1,6 +1,4 @@
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import type { IpFamily } from "../../src/configfile/net.js";
 import { Runner } from "../../src/netapply/exec.js";
@@ -8,15 +6,11 @@ import { detectIptablesMode, IptablesBackend } from "../../src/netapply/iptables
 import type { IptablesMode } from "../../src/netapply/iptables.js";
 import { ApplyError } from "../../src/netapply/types.js";
 import type { Change } from "../../src/netapply/types.js";
-import { parseFacts } from "../../src/netplan/facts.js";
-import type { NodeFacts } from "../../src/netplan/facts.js";
-import { planNode } from "../../src/netplan/plan.js";
 import { renderIptablesSave } from "../../src/netplan/render.js";
-import type { Firewall, NetState, NodePlan } from "../../src/netplan/types.js";
-import { parseTopology } from "../../src/topology/parse.js";
+import type { Firewall, NetState } from "../../src/netplan/types.js";
 import { createNetns as createSupportNetns, deleteNetns, rootOnly } from "../support/netns.js";
 import type { TestNetns } from "../support/netns.js";
-import { fromRoot } from "../support/paths.js";
+import { examplePlan } from "../support/plans.js";
 
 // The iptables backend against the kernel, in throwaway network namespaces, in both iptables
 // modes, with the plans of the example nodes. Assertions read the kernel with the iptables tools
@@ -30,23 +24,6 @@ function createNetns(label: string): TestNetns {
   const ns = createSupportNetns(label);
   namespaces.push(ns.name);
   return ns;
-}
-
-type Example = "seed" | "large";
-
-function examplePlan(example: Example, node: string, edit: (f: NodeFacts) => NodeFacts = (f) => f): NodePlan {
-  const confPath = join("examples", example, "cluster-conf.yaml");
-  const topo = parseTopology(readFileSync(fromRoot(confPath), "utf8"), confPath);
-  if (!topo.ok) assert.fail(`${confPath}: ${JSON.stringify(topo.issues)}`);
-  const factsPath = join("examples", example, `${node}.yaml`);
-  const facts = parseFacts(readFileSync(fromRoot(factsPath), "utf8"), factsPath, {
-    topology: topo.value,
-    node,
-  });
-  if (!facts.ok) assert.fail(`${factsPath}: ${JSON.stringify(facts.issues)}`);
-  const out = planNode(topo.value, node, edit(facts.value));
-  if (!out.planned) assert.fail(out.reason);
-  return out.plan;
 }
 
 function firewalls(state: NetState | undefined): readonly Firewall[] {
