@@ -74,8 +74,8 @@ export class NodeAgent {
   private kernel: KernelFacts | undefined;
   private notReadyReason: string | undefined = "starting";
   private lastPlan: NodePlan | undefined;
-  /** The plan of the last full apply; a later full apply of the same plan that writes is drift. */
-  private lastFullPlan: string | undefined;
+  /** The last plan applied in full or as a delta; a full apply of the same plan that writes is drift. */
+  private lastAppliedPlan: string | undefined;
   private lastApply: AgentStatus["lastApply"];
   private counts = { applies: 0, failures: 0, driftRepairs: 0 };
   private readonly cniAddresses = new Map<string, readonly string[]>();
@@ -131,7 +131,7 @@ export class NodeAgent {
       },
       ready: this.notReadyReason === undefined,
       ...(this.notReadyReason ? { notReadyReason: this.notReadyReason } : {}),
-      ...(this.kernel ? { tunnel: this.kernel.tunnel } : {}),
+      ...(this.kernel && this.self?.role !== "cpu" ? { tunnel: this.kernel.tunnel } : {}),
       ...(z ? { ztunnel: z } : {}),
       ...(this.lastApply ? { lastApply: this.lastApply } : {}),
       ...this.counts,
@@ -154,6 +154,10 @@ export class NodeAgent {
 
   private async handleRequest(req: AgentRequest): Promise<AgentResponse> {
     if (req.op === "status") return { ok: true, status: this.status() };
+    if (req.op === "resync") {
+      await this.resync();
+      return { ok: true, status: this.status() };
+    }
     if (req.op === "del") {
       this.markTornDown(req.pod);
       if (this.ztunnelNetns === req.pod.netns) this.ztunnelNetns = undefined;
@@ -221,6 +225,8 @@ export class NodeAgent {
       try {
         const report = await this.opts.applier.applyMembers(lastPlan, next);
         this.lastPlan = next;
+        // Not a plan the planner produced for all pods: the next full apply is not judged against it.
+        this.lastAppliedPlan = undefined;
         this.record("members", started, report.writes, report.changes.length);
         return true;
       } catch (err) {
@@ -326,14 +332,12 @@ export class NodeAgent {
           ? await this.opts.applier.applyMembers(previous, plan)
           : await this.opts.applier.apply(plan, podTarget);
       const planText = JSON.stringify(plan);
-      if (applyKind === "full") {
-        if (this.lastFullPlan === planText && report.writes > 0) {
-          this.counts.driftRepairs++;
-          this.opts.metrics.driftRepairs.inc();
-          this.opts.log.warn({ changes: report.changes }, "drift repaired");
-        }
-        this.lastFullPlan = planText;
+      if (applyKind === "full" && this.lastAppliedPlan === planText && report.writes > 0) {
+        this.counts.driftRepairs++;
+        this.opts.metrics.driftRepairs.inc();
+        this.opts.log.warn({ changes: report.changes }, "drift repaired");
       }
+      this.lastAppliedPlan = planText;
       this.lastPlan = plan;
       this.notReadyReason = undefined;
       this.record(applyKind, started, report.writes, report.changes.length);

@@ -70,6 +70,15 @@ export function addAgentCommands(program: Command, io: Io, setExit: (code: numbe
     );
 
   agent
+    .command("resync")
+    .description("make the running agent reconcile now (repair drift) and show its status")
+    .option("--socket <path>", "the agent's unix socket", DEFAULT_AGENT_SOCKET)
+    .option("--json", "machine-readable output")
+    .action(async (flags: { socket: string; json?: boolean }) =>
+      setExit(await agentStatus(io, { ...flags, op: "resync" })),
+    );
+
+  agent
     .command("cleanup")
     .description("remove everything offmesh programmed on this node (stop the agent first)")
     .option("--netns <path>", "network namespace of the node (default: this process's own)")
@@ -112,11 +121,12 @@ async function runAgent(io: Io, flags: RunFlags): Promise<number> {
 
 async function agentStatus(
   io: Io,
-  flags: { socket: string; json?: boolean; all?: boolean },
+  flags: { socket: string; json?: boolean; all?: boolean; op?: "status" | "resync" },
 ): Promise<number> {
   let res;
   try {
-    res = await callAgent(flags.socket, { op: "status" }, 5000);
+    // A resync waits for a full reconcile; a status answer is immediate.
+    res = await callAgent(flags.socket, { op: flags.op ?? "status" }, flags.op === "resync" ? 60_000 : 5000);
   } catch (err) {
     io.err(`error: cannot reach the offmesh agent at ${flags.socket}: ${(err as Error).message}\n`);
     return EXIT.invalid;

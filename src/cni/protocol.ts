@@ -19,7 +19,9 @@ export type AgentRequest =
   | { readonly op: "del"; readonly pod: PodRef }
   /** Is the pod captured as it should be? */
   | { readonly op: "check"; readonly pod: PodRef; readonly ips: readonly string[] }
-  | { readonly op: "status" };
+  | { readonly op: "status" }
+  /** Run a full reconcile now (drift repair on demand) and answer with the status after it. */
+  | { readonly op: "resync" };
 
 export type AgentResponse =
   | {

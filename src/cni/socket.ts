@@ -247,7 +247,7 @@ function serveConnection(
 export type Parsed<T> =
   { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: string };
 
-const OPS = new Set(["add", "del", "check", "status"]);
+const OPS = new Set(["add", "del", "check", "status", "resync"]);
 
 /** Validate one request line (the agent side). */
 export function parseAgentRequest(line: string): Parsed<AgentRequest> {
@@ -256,8 +256,8 @@ export function parseAgentRequest(line: string): Parsed<AgentRequest> {
   const req = json.value;
   if (!isRecord(req)) return bad("a request must be a JSON object");
   if (typeof req.op !== "string" || !OPS.has(req.op))
-    return bad(`"op" must be one of add, del, check, status`);
-  if (req.op === "status") return { ok: true, value: { op: "status" } };
+    return bad(`"op" must be one of add, del, check, status, resync`);
+  if (req.op === "status" || req.op === "resync") return { ok: true, value: { op: req.op } };
   const pod = parsePodRef(req.pod);
   if (!pod.ok) return pod;
   if (req.op === "del") return { ok: true, value: { op: "del", pod: pod.value } };

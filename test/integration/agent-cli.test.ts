@@ -128,6 +128,14 @@ describe("offmesh agent (the daemon and its commands)", { ...rootOnly }, () => {
     assert.deepEqual(members(node).sort(), ["10.244.0.10", "10.244.0.11", "10.244.0.12"]);
   });
 
+  it("repairs drift on demand with `offmesh agent resync`", () => {
+    node.sh("ipset", ["del", "ztunnel-pods-ips", "10.244.0.11"]);
+    const res = run(["agent", "resync", "--socket", socket]);
+    assert.equal(res.status, 0, res.stderr);
+    assert.match(res.stdout, /drift repairs [1-9]/);
+    assert.equal(members(node).length, 3);
+  });
+
   it("serves Prometheus metrics and readiness inside the node", () => {
     const fetchIn = (path: string): string =>
       node.sh("node", [

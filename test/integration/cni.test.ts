@@ -79,7 +79,7 @@ class TestAgent {
   }
 
   requestsFor(containerId: string): AgentRequest[] {
-    return this.requests.filter((r) => r.op !== "status" && r.pod.containerId === containerId);
+    return this.requests.filter((r) => "pod" in r && r.pod.containerId === containerId);
   }
 }
 
