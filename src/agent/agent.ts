@@ -13,7 +13,7 @@ import type { Applier, ApplyReport } from "./applier.js";
 import { detectTunnel, findNic, hostVethOf } from "./discover.js";
 import { buildFacts, ztunnelPodOn } from "./facts.js";
 import type { KernelFacts } from "./facts.js";
-import { isZtunnel, meshDecision } from "./membership.js";
+import { isZtunnel, meshDecision } from "../cluster/membership.js";
 import type { AgentMetrics } from "./metrics.js";
 
 export interface AgentOptions {

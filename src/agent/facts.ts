@@ -5,7 +5,7 @@ import type { NodeFacts, PodFacts } from "../netplan/facts.js";
 import type { TunnelKind } from "../netplan/types.js";
 import { pairPartner } from "../topology/lookup.js";
 import type { Topology, TopologyNode } from "../topology/types.js";
-import { isZtunnel, meshDecision } from "./membership.js";
+import { isZtunnel, meshDecision } from "../cluster/membership.js";
 
 /** What the agent learnt from the kernel of its node. */
 export interface KernelFacts {

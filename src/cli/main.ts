@@ -1,5 +1,6 @@
 import { Command, CommanderError } from "commander";
 import { addAgentCommands } from "./agent.js";
+import { addControlPlaneCommands } from "./controlplane.js";
 import { EXIT, processIo } from "./output.js";
 import type { Io } from "./output.js";
 import { renderCommand } from "./render.js";
@@ -35,6 +36,7 @@ export function buildProgram(io: Io, setExit: (code: number) => void): Command {
     );
 
   addAgentCommands(program, io, setExit);
+  addControlPlaneCommands(program, io, setExit);
   return program;
 }
 

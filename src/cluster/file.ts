@@ -39,6 +39,15 @@ const stateSchema = z.strictObject({
         ready: z.boolean().default(true),
         serviceAccount: z.string().default("default"),
         terminating: z.boolean().default(false),
+        containerPorts: z
+          .array(
+            z.strictObject({
+              name: z.string().optional(),
+              containerPort: z.number().int(),
+              protocol: z.enum(["TCP", "UDP", "SCTP"]).default("TCP"),
+            }),
+          )
+          .optional(),
       }),
     )
     .default([]),

@@ -31,6 +31,14 @@ export interface ClusterPod {
   readonly serviceAccount: string;
   /** metadata.deletionTimestamp is set: the pod is terminating. */
   readonly terminating: boolean;
+  /** Named container ports, for services whose targetPort is a name. */
+  readonly containerPorts?: readonly ContainerPort[];
+}
+
+export interface ContainerPort {
+  readonly name?: string;
+  readonly containerPort: number;
+  readonly protocol: "TCP" | "UDP" | "SCTP";
 }
 
 export interface ClusterNamespace {

@@ -1,6 +1,5 @@
-import { randomBytes } from "node:crypto";
-import { mkdir, open, readFile, rename, rm } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { mkdir, readFile } from "node:fs/promises";
+import { basename, join } from "node:path";
 import type { CniConflist } from "../netplan/types.js";
 
 export const DEFAULT_CONFLIST_FILE = "10-offmesh.conflist";
@@ -53,32 +52,5 @@ function canonical(value: unknown): unknown {
   return Object.fromEntries(entries.map(([k, v]) => [k, canonical(v)]));
 }
 
-/**
- * Replace `path` with `content` in one rename: a temporary file in the same directory (rename is
- * atomic only within a filesystem), flushed before the rename. The temporary name starts with a
- * dot and ends in `.tmp` because runtimes load every `*.conf`/`*.conflist`/`*.json` they see in the
- * directory.
- */
-export async function writeFileAtomic(path: string, content: string, mode: number): Promise<void> {
-  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
-  try {
-    const file = await open(tmp, "wx", mode);
-    try {
-      await file.writeFile(content, "utf8");
-      await file.sync();
-    } finally {
-      await file.close();
-    }
-    await rename(tmp, path);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    throw err;
-  }
-  // Persist the rename itself; a crash right after must not bring back the old file.
-  const parent = await open(dirname(path), "r");
-  try {
-    await parent.sync();
-  } finally {
-    await parent.close();
-  }
-}
+import { writeFileAtomic } from "../fsutil/atomic.js";
+export { writeFileAtomic };

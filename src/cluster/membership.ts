@@ -1,4 +1,4 @@
-import type { ClusterNamespace, ClusterPod } from "../cluster/types.js";
+import type { ClusterNamespace, ClusterPod } from "./types.js";
 
 // Which pods are in the mesh: the namespace opts in with `istio.io/dataplane-mode=ambient`, a pod
 // opts out with `istio.io/dataplane-mode=none` (the original's DPU ignored the opt-out: bug 16).
