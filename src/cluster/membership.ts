@@ -31,3 +31,15 @@ export function meshDecision(pod: ClusterPod, namespace: ClusterNamespace | unde
 
 export const isZtunnel = (pod: ClusterPod): boolean =>
   pod.labels[ZTUNNEL_APP_LABEL.key] === ZTUNNEL_APP_LABEL.value;
+
+/** `meshDecision(...).meshed` without building the reason: the control plane asks it per pod. */
+export function isMeshed(pod: ClusterPod, namespace: ClusterNamespace | undefined): boolean {
+  return (
+    namespace?.labels[DATAPLANE_MODE_LABEL] === AMBIENT &&
+    pod.labels[DATAPLANE_MODE_LABEL] !== OPT_OUT &&
+    !pod.hostNetwork &&
+    pod.phase !== "Succeeded" &&
+    pod.phase !== "Failed" &&
+    !isZtunnel(pod)
+  );
+}

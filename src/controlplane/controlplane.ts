@@ -55,8 +55,9 @@ export class ControlPlane {
     await this.opts.source.start();
     const snapshot = this.opts.source.snapshot();
     if (snapshot.topology) this.adoptTopology(snapshot.topology.text, snapshot.topology.source);
-    this.index.subscribe((changes) => this.queue(changes));
+    // Subscribed after the first build: no proxy is connected yet, there is nothing to push.
     this.index.load(snapshot);
+    this.index.subscribe((changes) => this.queue(changes));
     this.unsubscribe = this.opts.source.subscribe((e) => this.onEvent(e));
     this.updateGauges();
     this.ready = true;

@@ -364,6 +364,52 @@ describe("control plane: delta ADS over TLS with authenticated proxies", () => {
     );
   });
 
+  it("answers on-demand lookups by alias and pushes only what was asked for", async () => {
+    const got: string[] = [];
+    const client = new DeltaAdsClient({
+      target: `127.0.0.1:${cp.grpcPort}`,
+      credentials: { kind: "tls", rootCa: cp.root.certPem },
+      token: tokenFor(ztunnel("ztunnel-a", "master-dpu", "10.244.1.2")),
+      node: { id: "ztunnel~10.244.1.2~ztunnel-a.istio-system~istio-system.svc.cluster.local" },
+      types: [
+        {
+          typeUrl: TYPE_URL.address,
+          mode: "on-demand",
+          apply: (c: { added: Resource[]; removed: string[] }) => {
+            got.push(...c.added.map((r) => r.name), ...c.removed.map((n) => `-${n}`));
+            return { rejected: [] };
+          },
+        },
+      ],
+    });
+    try {
+      await client.lookup(TYPE_URL.address, "/10.244.0.5");
+      assert.deepEqual(got, ["Kubernetes//Pod/apps/x"], "the workload holding that address, nothing else");
+      await client.lookup(TYPE_URL.address, "/10.9.9.9");
+      assert.deepEqual(got.slice(1), ["-/10.9.9.9"], "an unknown key is answered by its removal");
+      // A change to the looked-up workload follows; others do not.
+      source.upsertPod(
+        pod({
+          uid: "uid-x",
+          name: "x",
+          namespace: "apps",
+          nodeName: "master",
+          ips: ["10.244.0.5"],
+          labels: { app: "web", version: "v2" },
+          serviceAccount: "web",
+        }),
+      );
+      source.upsertPod(
+        pod({ uid: "uid-o", name: "other", namespace: "apps", nodeName: "master", ips: ["10.244.0.40"] }),
+      );
+      await until("the change of x", () => got.filter((n) => n === "Kubernetes//Pod/apps/x").length === 2);
+      await settle(60);
+      assert.ok(!got.includes("Kubernetes//Pod/apps/other"));
+    } finally {
+      client.close();
+    }
+  });
+
   it("refuses an unauthenticated stream and an untrusted account", async () => {
     for (const token of [
       "",

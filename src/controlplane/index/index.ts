@@ -1,4 +1,3 @@
-import { createHash } from "node:crypto";
 import type {
   ClusterEvent,
   ClusterNamespace,
@@ -7,7 +6,7 @@ import type {
   ClusterService,
   ClusterSnapshot,
 } from "../../cluster/types.js";
-import { encodeAddress, encodeAuthorization } from "../../xds/proto.js";
+import { decodeAddress, decodeAuthorization, encodeAddress, encodeAuthorization } from "../../xds/proto.js";
 import type { Address, Authorization } from "../../xds/types.js";
 import { AuthzAction, AuthzScope, TYPE_URL } from "../../xds/types.js";
 import { authorizationKey, convertPolicy } from "../policy.js";
@@ -22,16 +21,27 @@ import {
   workloadUid,
 } from "./workload.js";
 import type { IndexOptions } from "./workload.js";
+import { SelectorIndex } from "./selectors.js";
 
 export type IndexedType = typeof TYPE_URL.address | typeof TYPE_URL.authorization;
 
-/** One resource as the xDS server sends it: encoded once, versioned by its bytes. */
-export interface IndexedResource {
-  readonly name: string;
-  readonly version: string;
-  readonly bytes: Uint8Array;
-  readonly aliases: readonly string[];
-  readonly value: Address | Authorization;
+/**
+ * One resource as the xDS server sends it: encoded once, versioned by its bytes. Only the bytes
+ * are kept (the index of a large cluster is mostly these); `value` decodes them when asked.
+ */
+export class IndexedResource {
+  constructor(
+    readonly typeUrl: IndexedType,
+    readonly name: string,
+    readonly version: string,
+    readonly bytes: Uint8Array,
+    readonly aliases: readonly string[],
+    readonly isWorkload: boolean,
+  ) {}
+
+  get value(): Address | Authorization {
+    return this.typeUrl === TYPE_URL.address ? decodeAddress(this.bytes) : decodeAuthorization(this.bytes);
+  }
 }
 
 export interface ResourceChange {
@@ -64,36 +74,52 @@ export class AmbientIndex {
     [TYPE_URL.address, new Map()],
     [TYPE_URL.authorization, new Map()],
   ]);
-  private readonly aliasIndex = new Map<string, Set<string>>();
+  /** alias → the resource name holding it; a set only when several do (one address, one workload is the rule). */
+  private readonly aliasIndex = new Map<string, string | Set<string>>();
   private readonly pods = new Map<string, ClusterPod>();
-  /** `namespace/name` → uid of the current pod of that name (a recreated pod reuses the workload uid). */
-  private readonly podByName = new Map<string, string>();
+  /**
+   * `namespace/name` → uids of the pods of that name, in the order first seen. A recreated pod
+   * reuses the workload uid while its predecessor may still exist (terminating, or its delete not
+   * yet delivered); the newest one that is not terminating owns the workload.
+   */
+  private readonly podsByName = new Map<string, string | string[]>();
   private readonly podsByNs = new Map<string, Set<string>>();
   private readonly namespaces = new Map<string, ClusterNamespace>();
   private readonly services = new Map<string, ClusterService>();
-  private readonly servicesByNs = new Map<string, Set<string>>();
+  private readonly serviceSelectors = new SelectorIndex(false);
   private readonly policies = new Map<string, PolicyState>();
-  private readonly selectorPoliciesByNs = new Map<string, Set<string>>();
+  private readonly policySelectors = new SelectorIndex(true);
   private readonly listeners = new Set<(changes: readonly ResourceChange[]) => void>();
   private pending: ResourceChange[] = [];
   /** Kept as resources come and go: stats are read on every event. */
   private workloadCount = 0;
+  /** When the event being applied arrived; stamped on the changes it causes. */
+  private changeTime = 0;
+  /** Set while `load` builds the index. */
+  private slab: Slab | undefined;
 
   constructor(readonly opts: IndexOptions = DEFAULT_INDEX_OPTIONS) {}
 
   /** Build from a full view. Changes are reported like any others (to listeners already subscribed). */
   load(snapshot: ClusterSnapshot): readonly ResourceChange[] {
+    this.changeTime = performance.now();
+    this.slab = new Slab();
     for (const ns of snapshot.namespaces.values()) this.namespaces.set(ns.name, ns);
     for (const svc of snapshot.services.values()) this.indexService(svc);
     for (const p of snapshot.policies.values()) this.indexPolicy(p);
     for (const pod of snapshot.pods.values()) this.indexPod(pod);
     for (const svc of this.services.values()) this.putService(svc);
-    for (const pod of this.pods.values()) this.refreshWorkload(pod.namespace, pod.name);
+    for (const held of this.podsByName.values()) {
+      const pod = this.ownerOfHeld(held);
+      if (pod) this.refreshWorkload(pod.namespace, pod.name, pod);
+    }
+    this.slab = undefined;
     return this.flush();
   }
 
   /** Apply one cluster event; returns (and tells listeners) the resources that changed. */
   apply(event: ClusterEvent): readonly ResourceChange[] {
+    this.changeTime = performance.now();
     switch (event.kind) {
       case "pod":
         this.onPod(event.object, event.type === "delete");
@@ -130,7 +156,8 @@ export class AmbientIndex {
   resolve(typeUrl: IndexedType, keyName: string): string[] {
     if (this.get(typeUrl, keyName)) return [keyName];
     if (typeUrl !== TYPE_URL.address) return [];
-    return [...(this.aliasIndex.get(keyName) ?? [])];
+    const held = this.aliasIndex.get(keyName);
+    return held === undefined ? [] : typeof held === "string" ? [held] : [...held];
   }
 
   /** Policies that could not be converted, or were converted with warnings (status for operators). */
@@ -155,7 +182,10 @@ export class AmbientIndex {
       this.pods.delete(pod.uid);
       this.podsByNs.get(pod.namespace)?.delete(pod.uid);
       // A replacement with the same name may already be here; it keeps the workload.
-      if (this.podByName.get(key(pod)) === pod.uid) this.podByName.delete(key(pod));
+      const others = uidsOf(this.podsByName.get(key(pod))).filter((u) => u !== pod.uid);
+      if (others.length > 1) this.podsByName.set(key(pod), others);
+      else if (others.length === 1) this.podsByName.set(key(pod), others[0] ?? "");
+      else this.podsByName.delete(key(pod));
     } else {
       this.indexPod(pod);
     }
@@ -167,13 +197,13 @@ export class AmbientIndex {
     const before = this.services.get(k);
     if (deleted) {
       this.services.delete(k);
-      this.servicesByNs.get(svc.namespace)?.delete(k);
+      this.serviceSelectors.delete(k);
       this.remove(TYPE_URL.address, serviceKey(svc, this.opts.domain));
     } else {
       this.indexService(svc);
       this.putService(svc);
     }
-    this.refreshSelected(svc.namespace, [before?.selector, deleted ? undefined : svc.selector]);
+    this.refreshSelected(svc.namespace, [before?.selector, deleted ? undefined : svc.selector], false);
   }
 
   private onPolicy(policy: ClusterPolicy, deleted: boolean): void {
@@ -181,12 +211,12 @@ export class AmbientIndex {
     const before = this.policies.get(k);
     if (deleted) {
       this.policies.delete(k);
-      this.selectorPoliciesByNs.get(policy.namespace)?.delete(k);
+      this.policySelectors.delete(k);
       this.remove(TYPE_URL.authorization, authorizationKey(policy.namespace, policy.name));
     } else {
       this.indexPolicy(policy);
     }
-    this.refreshSelected(policy.namespace, [before?.selector, this.policies.get(k)?.selector]);
+    this.refreshSelected(policy.namespace, [before?.selector, this.policies.get(k)?.selector], true);
   }
 
   private onNamespace(ns: ClusterNamespace, deleted: boolean): void {
@@ -202,7 +232,11 @@ export class AmbientIndex {
 
   private indexPod(pod: ClusterPod): void {
     this.pods.set(pod.uid, pod);
-    this.podByName.set(key(pod), pod.uid);
+    // One pod per name is the rule; an array only while a replacement overlaps its predecessor.
+    const held = this.podsByName.get(key(pod));
+    if (held === undefined) this.podsByName.set(key(pod), pod.uid);
+    else if (held !== pod.uid && !uidsOf(held).includes(pod.uid))
+      this.podsByName.set(key(pod), [...uidsOf(held), pod.uid]);
     let set = this.podsByNs.get(pod.namespace);
     if (!set) this.podsByNs.set(pod.namespace, (set = new Set()));
     set.add(pod.uid);
@@ -211,9 +245,7 @@ export class AmbientIndex {
   private indexService(svc: ClusterService): void {
     const k = key(svc);
     this.services.set(k, svc);
-    let set = this.servicesByNs.get(svc.namespace);
-    if (!set) this.servicesByNs.set(svc.namespace, (set = new Set()));
-    set.add(k);
+    this.serviceSelectors.set(svc.namespace, k, svc.selector);
   }
 
   private indexPolicy(policy: ClusterPolicy): void {
@@ -244,46 +276,59 @@ export class AmbientIndex {
       else this.remove(TYPE_URL.authorization, resourceName);
     }
     this.policies.set(k, state);
-    let set = this.selectorPoliciesByNs.get(policy.namespace);
-    if (!set) this.selectorPoliciesByNs.set(policy.namespace, (set = new Set()));
-    if (state.selector && state.converted) set.add(k);
-    else set.delete(k);
+    this.policySelectors.set(policy.namespace, k, state.converted ? state.selector : undefined);
   }
 
   /** Workloads of `ns` matched by any of the selectors (old and new) are recomputed. */
   private refreshSelected(
     ns: string,
     selectors: readonly (Readonly<Record<string, string>> | undefined)[],
+    emptyMatchesAll: boolean,
   ): void {
     const live = selectors.filter((s): s is Readonly<Record<string, string>> => s !== undefined);
     if (live.length === 0) return;
+    const matches = (
+      s: Readonly<Record<string, string>>,
+      labels: Readonly<Record<string, string>>,
+    ): boolean => (Object.keys(s).length === 0 ? emptyMatchesAll : selects(s, labels));
     for (const uid of this.podsByNs.get(ns) ?? []) {
       const pod = this.pods.get(uid);
-      if (pod && live.some((s) => selects(s, pod.labels))) this.refreshWorkload(pod.namespace, pod.name);
+      if (pod && live.some((s) => matches(s, pod.labels))) this.refreshWorkload(pod.namespace, pod.name);
     }
   }
 
-  private refreshWorkload(namespace: string, name: string): void {
+  /** `owner`: the pod owning the name when the caller knows it already. */
+  private refreshWorkload(namespace: string, name: string, owner?: ClusterPod): void {
     const resourceName = workloadUid(this.opts.clusterId, { namespace, name });
-    const uid = this.podByName.get(`${namespace}/${name}`);
-    const pod = uid === undefined ? undefined : this.pods.get(uid);
+    const pod = owner ?? this.ownerOf(`${namespace}/${name}`);
     if (!pod || !isIndexed(pod)) {
       this.remove(TYPE_URL.address, resourceName);
       return;
     }
     const services: ClusterService[] = [];
-    for (const k of this.servicesByNs.get(namespace) ?? []) {
+    for (const k of this.serviceSelectors.matching(namespace, pod.labels)) {
       const svc = this.services.get(k);
-      if (svc && selects(svc.selector, pod.labels)) services.push(svc);
+      if (svc) services.push(svc);
     }
     const policyKeys: string[] = [];
-    for (const k of this.selectorPoliciesByNs.get(namespace) ?? []) {
+    for (const k of this.policySelectors.matching(namespace, pod.labels)) {
       const p = this.policies.get(k);
-      if (p?.selector && selects(p.selector, pod.labels))
-        policyKeys.push(authorizationKey(p.policy.namespace, p.policy.name));
+      if (p) policyKeys.push(authorizationKey(p.policy.namespace, p.policy.name));
     }
     const workload = buildWorkload(pod, this.namespaces.get(namespace), services, policyKeys, this.opts);
     this.put(TYPE_URL.address, resourceName, { workload }, pod.hostNetwork ? [] : ipAliases(pod.ips));
+  }
+
+  private ownerOf(name: string): ClusterPod | undefined {
+    return this.ownerOfHeld(this.podsByName.get(name));
+  }
+
+  private ownerOfHeld(held: string | string[] | undefined): ClusterPod | undefined {
+    if (typeof held === "string") return this.pods.get(held);
+    const pods = uidsOf(held)
+      .map((u) => this.pods.get(u))
+      .filter((p): p is ClusterPod => p !== undefined);
+    return pods.filter((p) => !p.terminating).at(-1) ?? pods.at(-1);
   }
 
   private putService(svc: ClusterService): void {
@@ -301,23 +346,30 @@ export class AmbientIndex {
     value: Address | Authorization,
     aliases: readonly string[],
   ): void {
-    const bytes =
+    const workload = (value as Address).workload;
+    const encoded =
       typeUrl === TYPE_URL.address
         ? encodeAddress(value as Address)
         : encodeAuthorization(value as Authorization);
-    const version = createHash("sha1").update(bytes).digest("hex").slice(0, 16);
+    const version = fnv1a64(encoded);
     const map = this.resources.get(typeUrl);
     const existing = map?.get(name);
     if (existing && existing.version === version && sameAliases(existing.aliases, aliases)) return;
+    // protobufjs's buffers are slices of Node's shared pool, which a long-kept slice would keep
+    // alive whole. The first build copies into slabs of its own (dense: every resource in them is
+    // live); later resources get memory of their own, so churn never pins a slab of dead ones.
+    const bytes = this.slab ? this.slab.copy(encoded) : new Uint8Array(encoded);
+    const isWorkload = workload !== undefined;
     if (existing) this.unalias(name, existing.aliases);
-    else if ((value as Address).workload) this.workloadCount++;
-    map?.set(name, { name, version, bytes, aliases, value });
+    else if (isWorkload) this.workloadCount++;
+    map?.set(name, new IndexedResource(typeUrl, name, version, bytes, aliases, isWorkload));
     for (const a of aliases) {
-      let set = this.aliasIndex.get(a);
-      if (!set) this.aliasIndex.set(a, (set = new Set()));
-      set.add(name);
+      const held = this.aliasIndex.get(a);
+      if (held === undefined || held === name) this.aliasIndex.set(a, name);
+      else if (typeof held === "string") this.aliasIndex.set(a, new Set([held, name]));
+      else held.add(name);
     }
-    this.pending.push({ typeUrl, name, removed: false, at: performance.now() });
+    this.pending.push({ typeUrl, name, removed: false, at: this.changeTime });
   }
 
   private remove(typeUrl: IndexedType, name: string): void {
@@ -325,16 +377,20 @@ export class AmbientIndex {
     const existing = map?.get(name);
     if (!existing) return;
     map?.delete(name);
-    if ((existing.value as Address).workload) this.workloadCount--;
+    if (existing.isWorkload) this.workloadCount--;
     this.unalias(name, existing.aliases);
-    this.pending.push({ typeUrl, name, removed: true, at: performance.now() });
+    this.pending.push({ typeUrl, name, removed: true, at: this.changeTime });
   }
 
   private unalias(name: string, aliases: readonly string[]): void {
     for (const a of aliases) {
-      const set = this.aliasIndex.get(a);
-      set?.delete(name);
-      if (set?.size === 0) this.aliasIndex.delete(a);
+      const held = this.aliasIndex.get(a);
+      if (held === name) this.aliasIndex.delete(a);
+      else if (typeof held === "object") {
+        held.delete(name);
+        if (held.size === 1) this.aliasIndex.set(a, [...held][0] ?? "");
+        else if (held.size === 0) this.aliasIndex.delete(a);
+      }
     }
   }
 
@@ -381,6 +437,45 @@ function failClosed(
     ...(selector ? { selector } : {}),
     description: deny ? "a DENY of every connection" : "an ALLOW of nothing",
   };
+}
+
+/** Bump allocation of byte arrays in 1 MiB chunks: cheaper than one allocation per resource. */
+class Slab {
+  private chunk = new Uint8Array(0);
+  private used = 0;
+
+  copy(bytes: Uint8Array): Uint8Array {
+    if (this.used + bytes.length > this.chunk.length) {
+      this.chunk = new Uint8Array(Math.max(1 << 20, bytes.length));
+      this.used = 0;
+    }
+    const out = this.chunk.subarray(this.used, this.used + bytes.length);
+    out.set(bytes);
+    this.used += bytes.length;
+    return out;
+  }
+}
+
+const uidsOf = (held: string | string[] | undefined): string[] =>
+  held === undefined ? [] : typeof held === "string" ? [held] : held;
+
+/** 64-bit FNV-1a of the bytes, as 16 hex digits: a resource's version (change detection, not security). */
+export function fnv1a64(bytes: Uint8Array): string {
+  // The 64-bit state in two 32-bit halves; the prime 0x100000001b3 = 2^40 + 0x1b3, so
+  // state * prime = state * 0x1b3 + (lo << 40), computed with 16-bit partial products.
+  let hi = 0xcbf29ce4;
+  let lo = 0x84222325;
+  for (let i = 0; i < bytes.length; i++) {
+    lo = (lo ^ (bytes[i] ?? 0)) >>> 0;
+    const l0 = lo & 0xffff;
+    const l1 = lo >>> 16;
+    const p0 = l0 * 0x1b3;
+    const p1 = l1 * 0x1b3 + (p0 >>> 16);
+    const newLo = ((p1 & 0xffff) << 16) | (p0 & 0xffff);
+    hi = (Math.imul(hi, 0x1b3) + (p1 >>> 16) + (lo << 8)) >>> 0;
+    lo = newLo >>> 0;
+  }
+  return hi.toString(16).padStart(8, "0") + lo.toString(16).padStart(8, "0");
 }
 
 function sameAliases(a: readonly string[], b: readonly string[]): boolean {

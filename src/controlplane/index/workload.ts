@@ -1,5 +1,5 @@
-import { isIPv4, isIPv6 } from "node:net";
-import { meshDecision } from "../../cluster/membership.js";
+import { canonicalIp, ipToBigInt } from "../../configfile/net.js";
+import { isMeshed } from "../../cluster/membership.js";
 import type { ClusterNamespace, ClusterPod, ClusterService } from "../../cluster/types.js";
 import type { Port, PortList, Service, Workload } from "../../xds/types.js";
 import { NetworkMode, TunnelProtocol, WorkloadStatus, WorkloadType } from "../../xds/types.js";
@@ -35,19 +35,40 @@ export const serviceKey = (svc: { name: string; namespace: string }, domain: str
 
 /** Raw address bytes (4 or 16), as the workload API carries IPs. */
 export function ipBytes(ip: string): Uint8Array | undefined {
-  if (isIPv4(ip)) return Uint8Array.from(ip.split(".").map(Number));
-  if (!isIPv6(ip) || ip.includes("%")) return undefined;
-  const [head = "", tail = ""] = ip.split("::");
-  const h = head === "" ? [] : head.split(":");
-  const t = ip.includes("::") ? (tail === "" ? [] : tail.split(":")) : [];
-  const groups = ip.includes("::") ? [...h, ...Array<string>(8 - h.length - t.length).fill("0"), ...t] : h;
+  const v4 = parseIPv4(ip);
+  if (v4) return v4;
+  if (!ip.includes(":")) return undefined;
+  // Canonical first: an IPv6 address with an embedded IPv4 part (::ffff:10.0.0.1) becomes all hex.
+  const parsed = canonicalIp(ip);
+  if (!parsed || parsed.family !== 6) return undefined;
+  const value = ipToBigInt(parsed.ip, 6);
   const out = new Uint8Array(16);
-  groups.forEach((g, i) => {
-    const v = parseInt(g, 16);
-    out[i * 2] = v >> 8;
-    out[i * 2 + 1] = v & 0xff;
-  });
+  for (let i = 15, v = value; i >= 0; i--, v >>= 8n) out[i] = Number(v & 0xffn);
   return out;
+}
+
+/** Dotted-quad IPv4 to 4 bytes, by hand: this runs for every pod address of the cluster. */
+function parseIPv4(ip: string): Uint8Array | undefined {
+  const out = new Uint8Array(4);
+  let part = 0;
+  let value = 0;
+  let digits = 0;
+  for (let i = 0; i <= ip.length; i++) {
+    const c = i < ip.length ? ip.charCodeAt(i) : 46; /* a final "." */
+    if (c === 46) {
+      if (digits === 0 || part > 3 || value > 255) return undefined;
+      out[part++] = value;
+      value = 0;
+      digits = 0;
+    } else if (c >= 48 && c <= 57) {
+      if (digits > 0 && value === 0) return undefined; // leading zero
+      value = value * 10 + (c - 48);
+      if (++digits > 3) return undefined;
+    } else {
+      return undefined;
+    }
+  }
+  return part === 4 ? out : undefined;
 }
 
 /** The first label present, else `fallback` (istiod's canonical service name/revision rules). */
@@ -102,6 +123,15 @@ export function isIndexed(pod: ClusterPod): boolean {
   );
 }
 
+const CANONICAL_NAME_LABELS = ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"] as const;
+const CANONICAL_REVISION_LABELS = [
+  "service.istio.io/canonical-revision",
+  "app.kubernetes.io/version",
+  "version",
+] as const;
+
+// Built for every pod of the cluster at start and for every pod event: written without spreads
+// and intermediate arrays, and with fields assigned in one order so the objects share a shape.
 export function buildWorkload(
   pod: ClusterPod,
   namespace: ClusterNamespace | undefined,
@@ -109,38 +139,35 @@ export function buildWorkload(
   policyKeys: readonly string[],
   opts: IndexOptions,
 ): Workload {
-  const meshed = meshDecision(pod, namespace).meshed;
-  const addresses = pod.ips.map(ipBytes).filter((b): b is Uint8Array => b !== undefined);
-  const servicePorts: Record<string, PortList> = {};
-  for (const svc of [...services].sort((a, b) => (a.namespace + a.name < b.namespace + b.name ? -1 : 1))) {
-    servicePorts[serviceKey(svc, opts.domain)] = { ports: portsFor(svc, pod) };
+  const addresses: Uint8Array[] = [];
+  for (const ip of pod.ips) {
+    const b = ipBytes(ip);
+    if (b) addresses.push(b);
   }
+  const name = workloadName(pod);
   const w: Workload = {
     uid: workloadUid(opts.clusterId, pod),
     name: pod.name,
     namespace: pod.namespace,
     addresses,
-    tunnelProtocol: meshed ? TunnelProtocol.HBONE : TunnelProtocol.NONE,
+    tunnelProtocol: isMeshed(pod, namespace) ? TunnelProtocol.HBONE : TunnelProtocol.NONE,
     trustDomain: opts.trustDomain,
     serviceAccount: pod.serviceAccount,
-    ...(pod.nodeName ? { node: pod.nodeName } : {}),
-    canonicalName: firstLabel(
-      pod.labels,
-      ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"],
-      workloadName(pod),
-    ),
-    canonicalRevision: firstLabel(
-      pod.labels,
-      ["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"],
-      "latest",
-    ),
+    canonicalName: firstLabel(pod.labels, CANONICAL_NAME_LABELS, name),
+    canonicalRevision: firstLabel(pod.labels, CANONICAL_REVISION_LABELS, "latest"),
     workloadType: WorkloadType.POD,
-    workloadName: workloadName(pod),
+    workloadName: name,
     status: pod.ready && !pod.terminating ? WorkloadStatus.HEALTHY : WorkloadStatus.UNHEALTHY,
     clusterId: opts.clusterId,
-    ...(pod.hostNetwork ? { networkMode: NetworkMode.HOST_NETWORK } : {}),
   };
-  if (Object.keys(servicePorts).length > 0) w.services = servicePorts;
+  if (pod.nodeName) w.node = pod.nodeName;
+  if (pod.hostNetwork) w.networkMode = NetworkMode.HOST_NETWORK;
+  if (services.length > 0) {
+    const servicePorts: Record<string, PortList> = {};
+    const ordered = services.length > 1 ? [...services].sort((a, b) => (a.name < b.name ? -1 : 1)) : services;
+    for (const svc of ordered) servicePorts[serviceKey(svc, opts.domain)] = { ports: portsFor(svc, pod) };
+    w.services = servicePorts;
+  }
   if (policyKeys.length > 0) w.authorizationPolicies = [...policyKeys].sort();
   return w;
 }

@@ -34,6 +34,8 @@ export interface SessionEvents {
 }
 
 const SERVED = TYPE_URL.servedNodes;
+/** Resources per delta response. */
+export const MAX_RESOURCES_PER_RESPONSE = 2000;
 const INDEXED: readonly string[] = [TYPE_URL.address, TYPE_URL.authorization];
 
 /**
@@ -251,9 +253,15 @@ export class ProxySession {
       for (const n of [...state.sent.keys()]) if (!present.has(n)) consider(n);
     }
     if (resources.length === 0 && removed.length === 0 && !reportEmpty) return;
-    const nonce = String(++this.nonce);
-    state.lastNonce = nonce;
-    this.send({ typeUrl, nonce, systemVersionInfo: "", resources, removedResources: removed });
-    this.events.onPush(typeUrl, resources.length, removed.length, oldest);
+    // A first push of a large cluster goes out in parts: one response of every workload would be
+    // tens of megabytes, serialised at once for every proxy connecting.
+    for (let i = 0; i === 0 || i < resources.length; i += MAX_RESOURCES_PER_RESPONSE) {
+      const part = resources.slice(i, i + MAX_RESOURCES_PER_RESPONSE);
+      const gone = i === 0 ? removed : [];
+      const nonce = String(++this.nonce);
+      state.lastNonce = nonce;
+      this.send({ typeUrl, nonce, systemVersionInfo: "", resources: part, removedResources: gone });
+      this.events.onPush(typeUrl, part.length, gone.length, oldest);
+    }
   }
 }
