@@ -162,17 +162,6 @@ function storedAuthorization(index: AmbientIndex, key: string): Authorization {
   return a;
 }
 
-/**
- * The workload as protobuf decodes it: proto3 enum fields equal to 0 are not on the wire, and a
- * map field decodes as an empty map when unset.
- */
-function withoutDefaults(w: Workload): Workload {
-  const out: Workload = { ...w, services: w.services ?? {} };
-  for (const k of ["tunnelProtocol", "status", "workloadType", "networkMode"] as const)
-    if (out[k] === 0) delete out[k];
-  return out;
-}
-
 const servicesOf = (w: Workload): Record<string, PortList> => w.services ?? {};
 
 // ---- incrementality check ----------------------------------------------------------------------------
