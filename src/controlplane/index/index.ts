@@ -76,14 +76,12 @@ export class AmbientIndex {
   ]);
   /** alias → the resource name holding it; a set only when several do (one address, one workload is the rule). */
   private readonly aliasIndex = new Map<string, string | Set<string>>();
-  private readonly pods = new Map<string, ClusterPod>();
   /**
-   * `namespace/name` → uids of the pods of that name, in the order first seen. A recreated pod
+   * Workload uid (`<cluster>//Pod/<ns>/<name>`) → the pods of that name, in the order first seen. A recreated pod
    * reuses the workload uid while its predecessor may still exist (terminating, or its delete not
    * yet delivered); the newest one that is not terminating owns the workload.
    */
-  private readonly podsByName = new Map<string, string | string[]>();
-  private readonly podsByNs = new Map<string, Set<string>>();
+  private readonly podsByName = new Map<string, ClusterPod | ClusterPod[]>();
   private readonly namespaces = new Map<string, ClusterNamespace>();
   private readonly services = new Map<string, ClusterService>();
   private readonly serviceSelectors = new SelectorIndex(false);
@@ -109,9 +107,9 @@ export class AmbientIndex {
     for (const p of snapshot.policies.values()) this.indexPolicy(p);
     for (const pod of snapshot.pods.values()) this.indexPod(pod);
     for (const svc of this.services.values()) this.putService(svc);
-    for (const held of this.podsByName.values()) {
-      const pod = this.ownerOfHeld(held);
-      if (pod) this.refreshWorkload(pod.namespace, pod.name, pod);
+    for (const [uid, held] of this.podsByName) {
+      const pod = ownerOfHeld(held);
+      if (pod) this.refreshWorkload(pod.namespace, pod.name, pod, uid);
     }
     this.slab = undefined;
     return this.flush();
@@ -179,13 +177,12 @@ export class AmbientIndex {
 
   private onPod(pod: ClusterPod, deleted: boolean): void {
     if (deleted) {
-      this.pods.delete(pod.uid);
-      this.podsByNs.get(pod.namespace)?.delete(pod.uid);
       // A replacement with the same name may already be here; it keeps the workload.
-      const others = uidsOf(this.podsByName.get(key(pod))).filter((u) => u !== pod.uid);
-      if (others.length > 1) this.podsByName.set(key(pod), others);
-      else if (others.length === 1) this.podsByName.set(key(pod), others[0] ?? "");
-      else this.podsByName.delete(key(pod));
+      const k = workloadUid(this.opts.clusterId, pod);
+      const others = podsOf(this.podsByName.get(k)).filter((p) => p.uid !== pod.uid);
+      if (others.length > 1) this.podsByName.set(k, others);
+      else if (others[0]) this.podsByName.set(k, others[0]);
+      else this.podsByName.delete(k);
     } else {
       this.indexPod(pod);
     }
@@ -222,24 +219,36 @@ export class AmbientIndex {
   private onNamespace(ns: ClusterNamespace, deleted: boolean): void {
     if (deleted) this.namespaces.delete(ns.name);
     else this.namespaces.set(ns.name, ns);
-    for (const uid of this.podsByNs.get(ns.name) ?? []) {
-      const pod = this.pods.get(uid);
-      if (pod) this.refreshWorkload(pod.namespace, pod.name);
+    for (const pod of this.podsIn(ns.name)) this.refreshWorkload(pod.namespace, pod.name, pod);
+  }
+
+  /**
+   * The owning pod of every name in a namespace. A walk over all pods: namespace, service and
+   * policy changes are rare next to pod events, and a per-namespace index would cost every pod
+   * event (and the first build) an extra insertion.
+   */
+  private *podsIn(ns: string): Iterable<ClusterPod> {
+    for (const held of this.podsByName.values()) {
+      const pod = ownerOfHeld(held);
+      if (pod?.namespace === ns) yield pod;
     }
   }
 
   // --- bookkeeping ---
 
   private indexPod(pod: ClusterPod): void {
-    this.pods.set(pod.uid, pod);
     // One pod per name is the rule; an array only while a replacement overlaps its predecessor.
-    const held = this.podsByName.get(key(pod));
-    if (held === undefined) this.podsByName.set(key(pod), pod.uid);
-    else if (held !== pod.uid && !uidsOf(held).includes(pod.uid))
-      this.podsByName.set(key(pod), [...uidsOf(held), pod.uid]);
-    let set = this.podsByNs.get(pod.namespace);
-    if (!set) this.podsByNs.set(pod.namespace, (set = new Set()));
-    set.add(pod.uid);
+    // Keyed by the workload's uid, the one string per pod the index needs anyway.
+    const k = workloadUid(this.opts.clusterId, pod);
+    const held = this.podsByName.get(k);
+    if (held === undefined || (!Array.isArray(held) && held.uid === pod.uid)) this.podsByName.set(k, pod);
+    else {
+      const pods = podsOf(held);
+      const i = pods.findIndex((p) => p.uid === pod.uid);
+      if (i >= 0) pods[i] = pod;
+      else pods.push(pod);
+      this.podsByName.set(k, pods);
+    }
   }
 
   private indexService(svc: ClusterService): void {
@@ -291,16 +300,15 @@ export class AmbientIndex {
       s: Readonly<Record<string, string>>,
       labels: Readonly<Record<string, string>>,
     ): boolean => (Object.keys(s).length === 0 ? emptyMatchesAll : selects(s, labels));
-    for (const uid of this.podsByNs.get(ns) ?? []) {
-      const pod = this.pods.get(uid);
-      if (pod && live.some((s) => matches(s, pod.labels))) this.refreshWorkload(pod.namespace, pod.name);
+    for (const pod of this.podsIn(ns)) {
+      if (live.some((s) => matches(s, pod.labels))) this.refreshWorkload(pod.namespace, pod.name, pod);
     }
   }
 
-  /** `owner`: the pod owning the name when the caller knows it already. */
-  private refreshWorkload(namespace: string, name: string, owner?: ClusterPod): void {
-    const resourceName = workloadUid(this.opts.clusterId, { namespace, name });
-    const pod = owner ?? this.ownerOf(`${namespace}/${name}`);
+  /** `owner`, `uid`: the pod owning the name and the workload's uid, when the caller has them. */
+  private refreshWorkload(namespace: string, name: string, owner?: ClusterPod, uid?: string): void {
+    const resourceName = uid ?? workloadUid(this.opts.clusterId, { namespace, name });
+    const pod = owner ?? ownerOfHeld(this.podsByName.get(resourceName));
     if (!pod || !isIndexed(pod)) {
       this.remove(TYPE_URL.address, resourceName);
       return;
@@ -315,20 +323,15 @@ export class AmbientIndex {
       const p = this.policies.get(k);
       if (p) policyKeys.push(authorizationKey(p.policy.namespace, p.policy.name));
     }
-    const workload = buildWorkload(pod, this.namespaces.get(namespace), services, policyKeys, this.opts);
+    const workload = buildWorkload(
+      pod,
+      this.namespaces.get(namespace),
+      services,
+      policyKeys,
+      this.opts,
+      resourceName,
+    );
     this.put(TYPE_URL.address, resourceName, { workload }, pod.hostNetwork ? [] : ipAliases(pod.ips));
-  }
-
-  private ownerOf(name: string): ClusterPod | undefined {
-    return this.ownerOfHeld(this.podsByName.get(name));
-  }
-
-  private ownerOfHeld(held: string | string[] | undefined): ClusterPod | undefined {
-    if (typeof held === "string") return this.pods.get(held);
-    const pods = uidsOf(held)
-      .map((u) => this.pods.get(u))
-      .filter((p): p is ClusterPod => p !== undefined);
-    return pods.filter((p) => !p.terminating).at(-1) ?? pods.at(-1);
   }
 
   private putService(svc: ClusterService): void {
@@ -456,8 +459,14 @@ class Slab {
   }
 }
 
-const uidsOf = (held: string | string[] | undefined): string[] =>
-  held === undefined ? [] : typeof held === "string" ? [held] : held;
+const podsOf = (held: ClusterPod | ClusterPod[] | undefined): ClusterPod[] =>
+  held === undefined ? [] : Array.isArray(held) ? [...held] : [held];
+
+/** Of the pods holding one name, the newest that is not terminating (else the newest). */
+function ownerOfHeld(held: ClusterPod | ClusterPod[] | undefined): ClusterPod | undefined {
+  if (!Array.isArray(held)) return held;
+  return held.filter((p) => !p.terminating).at(-1) ?? held.at(-1);
+}
 
 /** 64-bit FNV-1a of the bytes, as 16 hex digits: a resource's version (change detection, not security). */
 export function fnv1a64(bytes: Uint8Array): string {

@@ -138,6 +138,7 @@ export function buildWorkload(
   services: readonly ClusterService[],
   policyKeys: readonly string[],
   opts: IndexOptions,
+  uid: string = workloadUid(opts.clusterId, pod),
 ): Workload {
   const addresses: Uint8Array[] = [];
   for (const ip of pod.ips) {
@@ -146,7 +147,7 @@ export function buildWorkload(
   }
   const name = workloadName(pod);
   const w: Workload = {
-    uid: workloadUid(opts.clusterId, pod),
+    uid,
     name: pod.name,
     namespace: pod.namespace,
     addresses,
