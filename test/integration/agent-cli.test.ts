@@ -10,6 +10,7 @@ import { createNetns, rootOnly } from "../support/netns.js";
 import type { TestNetns } from "../support/netns.js";
 import { ipsetMembers } from "../support/kernel.js";
 import { fromRoot } from "../support/paths.js";
+import { until } from "../support/wait.js";
 import { createWire } from "../support/wire.js";
 
 // `offmesh agent` as a user runs it: a daemon process inside a node's namespace, fed by a cluster
@@ -52,14 +53,6 @@ function writeState(pods: number): void {
 function run(args: string[]): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(offmesh, args, { encoding: "utf8", timeout: 20_000 });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-async function until(what: string, check: () => boolean, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 const members = ipsetMembers;

@@ -10,6 +10,7 @@ import { DeltaAdsClient } from "../../src/xds/client.js";
 import { decodeServedNodes } from "../../src/xds/proto.js";
 import { TYPE_URL } from "../../src/xds/types.js";
 import { fromRoot } from "../support/paths.js";
+import { until } from "../support/wait.js";
 
 // `offmesh controlplane` as a user runs it: a daemon fed by a state file, a token issued with
 // `offmesh controlplane token`, the root from `offmesh controlplane root-cert`, a proxy connecting.
@@ -29,14 +30,6 @@ const run = (args: string[]): { status: number | null; stdout: string; stderr: s
   const r = spawnSync(offmesh, args, { encoding: "utf8", timeout: 20_000 });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 };
-
-async function until(what: string, check: () => boolean | Promise<boolean>, ms = 15_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe("offmesh controlplane (the daemon and its commands)", () => {
   let grpcPort = 0;

@@ -22,6 +22,7 @@ import { decodeAddress, decodeAuthorization, decodeServedNodes } from "../../src
 import type { ServedNodes } from "../../src/xds/types.js";
 import { TunnelProtocol, TYPE_URL } from "../../src/xds/types.js";
 import { ambient, pod, SEED_NODES, seedTopologyText } from "../support/cluster.js";
+import { until } from "../support/wait.js";
 
 // The control plane over its real transport: TLS gRPC on loopback, proxies authenticated by
 // tokens, clients built from this project's protos — the same client a ztunnel uses.
@@ -39,6 +40,51 @@ const ztunnel = (name: string, node: string, ip: string): ClusterPod =>
     labels: { app: "ztunnel" },
     serviceAccount: "ztunnel",
   });
+
+/** A control plane on loopback for `source`, with a function issuing proxy tokens for its pods. */
+async function startTestControlPlane(
+  source: MemoryClusterSource,
+  stateDir: string,
+  httpAddr?: string,
+): Promise<{ cp: RunningControlPlane; tokenFor: (p: ClusterPod) => string }> {
+  const cp = await startControlPlane(
+    {
+      clusterState: "",
+      clusterConf: "",
+      stateDir,
+      listen: "127.0.0.1:0",
+      ...(httpAddr ? { httpAddr } : {}),
+      trustDomain: "cluster.local",
+      domain: "cluster.local",
+      rootNamespace: "istio-system",
+      debounceMs: 5,
+      log: pino({ level: "silent" }),
+    },
+    { source },
+  );
+  const key = await loadOrCreateTokenKey(stateDir);
+  const tokenFor = (p: ClusterPod): string =>
+    issueProxyToken(
+      key,
+      {
+        sub: serviceAccountSubject(p.namespace, p.serviceAccount),
+        pod: { name: p.name, uid: p.uid },
+        node: p.nodeName ?? "",
+      },
+      3600,
+    );
+  return { cp, tokenFor };
+}
+
+/** The seed cluster's nodes, an ambient namespace and the two DPUs' ztunnel pods. */
+function seedWithProxies(source: MemoryClusterSource): void {
+  source.setTopology({ text: seedTopologyText(), source: "cluster-conf.yaml" });
+  for (const n of SEED_NODES) source.upsertNode(n);
+  source.upsertNamespace(ambient("apps"));
+  source.upsertNamespace({ name: "istio-system", labels: {} });
+  source.upsertPod(ztunnel("ztunnel-a", "master-dpu", "10.244.1.2"));
+  source.upsertPod(ztunnel("ztunnel-b", "worker1-dpu", "10.244.2.2"));
+}
 
 interface Seen {
   readonly added: string[];
@@ -106,13 +152,6 @@ class TestProxy {
 }
 
 const settle = (ms = 120): Promise<void> => new Promise((r) => setTimeout(r, ms));
-async function until(what: string, check: () => boolean, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await settle(10);
-  }
-}
 
 describe("control plane: delta ADS over TLS with authenticated proxies", () => {
   const source = new MemoryClusterSource();
@@ -122,12 +161,7 @@ describe("control plane: delta ADS over TLS with authenticated proxies", () => {
   let dpuB: TestProxy;
 
   before(async () => {
-    source.setTopology({ text: seedTopologyText(), source: "cluster-conf.yaml" });
-    for (const n of SEED_NODES) source.upsertNode(n);
-    source.upsertNamespace(ambient("apps"));
-    source.upsertNamespace({ name: "istio-system", labels: {} });
-    source.upsertPod(ztunnel("ztunnel-a", "master-dpu", "10.244.1.2"));
-    source.upsertPod(ztunnel("ztunnel-b", "worker1-dpu", "10.244.2.2"));
+    seedWithProxies(source);
     source.upsertPod(
       pod({
         uid: "uid-x",
@@ -166,32 +200,7 @@ describe("control plane: delta ADS over TLS with authenticated proxies", () => {
         rules: [{ from: [{ source: { principals: ["cluster.local/ns/apps/sa/db"] } }] }],
       },
     });
-    cp = await startControlPlane(
-      {
-        clusterState: "",
-        clusterConf: "",
-        stateDir: dir,
-        listen: "127.0.0.1:0",
-        httpAddr: "127.0.0.1:0",
-        trustDomain: "cluster.local",
-        domain: "cluster.local",
-        rootNamespace: "istio-system",
-        debounceMs: 5,
-        log: pino({ level: "silent" }),
-      },
-      { source },
-    );
-    const key = await loadOrCreateTokenKey(dir);
-    tokenFor = (p) =>
-      issueProxyToken(
-        key,
-        {
-          sub: serviceAccountSubject(p.namespace, p.serviceAccount),
-          pod: { name: p.name, uid: p.uid },
-          node: p.nodeName ?? "",
-        },
-        3600,
-      );
+    ({ cp, tokenFor } = await startTestControlPlane(source, dir, "127.0.0.1:0"));
     dpuA = new TestProxy(cp, tokenFor(ztunnel("ztunnel-a", "master-dpu", "10.244.1.2")));
     dpuB = new TestProxy(cp, tokenFor(ztunnel("ztunnel-b", "worker1-dpu", "10.244.2.2")));
     await Promise.all([dpuA.client.ready, dpuB.client.ready]);
@@ -468,11 +477,7 @@ describe("control plane: the CA signs only what a ztunnel serves", () => {
   after(() => rmSync(caDir, { recursive: true, force: true }));
 
   before(async () => {
-    source.setTopology({ text: seedTopologyText(), source: "cluster-conf.yaml" });
-    for (const n of SEED_NODES) source.upsertNode(n);
-    source.upsertNamespace(ambient("apps"));
-    source.upsertPod(ztunnel("ztunnel-a", "master-dpu", "10.244.1.2"));
-    source.upsertPod(ztunnel("ztunnel-b", "worker1-dpu", "10.244.2.2"));
+    seedWithProxies(source);
     source.upsertPod(
       pod({
         uid: "uid-x",
@@ -483,31 +488,7 @@ describe("control plane: the CA signs only what a ztunnel serves", () => {
         serviceAccount: "web",
       }),
     );
-    cp = await startControlPlane(
-      {
-        clusterState: "",
-        clusterConf: "",
-        stateDir: caDir,
-        listen: "127.0.0.1:0",
-        trustDomain: "cluster.local",
-        domain: "cluster.local",
-        rootNamespace: "istio-system",
-        debounceMs: 5,
-        log: pino({ level: "silent" }),
-      },
-      { source },
-    );
-    const key = await loadOrCreateTokenKey(caDir);
-    tokenFor = (p) =>
-      issueProxyToken(
-        key,
-        {
-          sub: serviceAccountSubject(p.namespace, p.serviceAccount),
-          pod: { name: p.name, uid: p.uid },
-          node: p.nodeName ?? "",
-        },
-        3600,
-      );
+    ({ cp, tokenFor } = await startTestControlPlane(source, caDir));
   });
   after(async () => cp?.stop());
 
