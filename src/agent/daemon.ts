@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { pino } from "pino";
 import type { Logger } from "pino";
 import { FileClusterSource } from "../cluster/file.js";
+import { splitHostPort } from "../configfile/net.js";
 import type { ClusterSource } from "../cluster/types.js";
 import { installConflist } from "../cni/conflist-install.js";
 import { serveAgentSocket } from "../cni/socket.js";
@@ -104,7 +105,7 @@ export async function startDaemon(opts: DaemonOptions, source?: ClusterSource): 
 }
 
 async function serveMetrics(addr: string, agent: NodeAgent, metrics: AgentMetrics): Promise<Server> {
-  const [host, portText] = splitHostPort(addr);
+  const { host, port } = splitHostPort(addr, "--metrics-addr");
   const server = createServer((req, res) => {
     void (async () => {
       if (req.url === "/metrics") {
@@ -125,13 +126,7 @@ async function serveMetrics(addr: string, agent: NodeAgent, metrics: AgentMetric
   });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(Number(portText), host, () => resolve());
+    server.listen(port, host, () => resolve());
   });
   return server;
-}
-
-export function splitHostPort(addr: string): [string, string] {
-  const i = addr.lastIndexOf(":");
-  if (i <= 0) throw new Error(`--metrics-addr ${addr}: expected host:port`);
-  return [addr.slice(0, i).replace(/^\[|\]$/g, ""), addr.slice(i + 1)];
 }

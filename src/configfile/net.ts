@@ -86,3 +86,13 @@ export function bigIntToIp(value: bigint, family: IpFamily): string {
 }
 
 export const hostPrefix = (family: IpFamily): number => (family === 4 ? 32 : 128);
+
+/** `host:port` (IPv6 hosts in brackets) as its host, unbracketed, and port; `what` names the flag in errors. */
+export function splitHostPort(addr: string, what = "address"): { host: string; port: number } {
+  const i = addr.lastIndexOf(":");
+  const port = Number(addr.slice(i + 1));
+  if (i <= 0 || !Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new Error(`${what} ${addr}: expected host:port`);
+  }
+  return { host: addr.slice(0, i).replace(/^\[|\]$/g, ""), port };
+}

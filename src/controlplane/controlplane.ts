@@ -8,6 +8,7 @@ import { parseTopology } from "../topology/parse.js";
 import type { Topology } from "../topology/types.js";
 import { AmbientIndex } from "./index/index.js";
 import type { IndexedType, ResourceChange } from "./index/index.js";
+import { DEFAULT_INDEX_OPTIONS } from "./index/workload.js";
 import type { IndexOptions } from "./index/workload.js";
 import { ControlPlaneMetrics } from "./metrics.js";
 import { ProxySession } from "./xds/session.js";
@@ -41,13 +42,7 @@ export class ControlPlane {
   private ready = false;
 
   constructor(private readonly opts: ControlPlaneOptions) {
-    this.index = new AmbientIndex({
-      clusterId: "Kubernetes",
-      trustDomain: "cluster.local",
-      domain: "cluster.local",
-      rootNamespace: "istio-system",
-      ...opts.index,
-    });
+    this.index = new AmbientIndex({ ...DEFAULT_INDEX_OPTIONS, ...opts.index });
     this.metrics = opts.metrics ?? new ControlPlaneMetrics();
   }
 

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { pino } from "pino";
 import type { Logger } from "pino";
 import { FileClusterSource } from "../cluster/file.js";
+import { splitHostPort } from "../configfile/net.js";
 import type { ClusterSource } from "../cluster/types.js";
 import { decodeAddress, decodeAuthorization } from "../xds/proto.js";
 import { TYPE_URL } from "../xds/types.js";
@@ -53,7 +54,7 @@ export async function startControlPlane(
 ): Promise<RunningControlPlane> {
   const log = opts.log ?? pino({ name: "offmesh-controlplane" }, pino.destination(2));
   const root = await loadOrCreateRoot(caDir(opts.stateDir), { trustDomain: opts.trustDomain });
-  const listenHost = opts.listen.slice(0, opts.listen.lastIndexOf(":")).replace(/^\[|\]$/g, "");
+  const listenHost = splitHostPort(opts.listen, "--listen").host;
   const serving = await root.issueServingCert({
     dnsNames: ["localhost", "offmesh-controlplane", "istiod.istio-system.svc", ...(opts.tlsDnsNames ?? [])],
     ipAddresses: [
@@ -98,7 +99,7 @@ export async function startControlPlane(
     const addr = http.address();
     httpUrl =
       typeof addr === "object" && addr
-        ? `http://${opts.httpAddr.slice(0, opts.httpAddr.lastIndexOf(":"))}:${addr.port}`
+        ? `http://${splitHostPort(opts.httpAddr, "--http-addr").host}:${addr.port}`
         : undefined;
   }
   log.info({ grpcPort: grpcServer.port, http: httpUrl, ...cp.index.stats() }, "control plane started");
@@ -155,10 +156,10 @@ async function serveHttp(addr: string, cp: ControlPlane): Promise<Server> {
       }
     })();
   });
-  const i = addr.lastIndexOf(":");
+  const { host, port } = splitHostPort(addr, "--http-addr");
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(Number(addr.slice(i + 1)), addr.slice(0, i).replace(/^\[|\]$/g, ""), () => resolve());
+    server.listen(port, host, () => resolve());
   });
   return server;
 }

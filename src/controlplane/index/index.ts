@@ -9,14 +9,13 @@ import type {
 import { decodeAddress, decodeAuthorization, encodeAddress, encodeAuthorization } from "../../xds/proto.js";
 import type { Address, Authorization } from "../../xds/types.js";
 import { AuthzAction, AuthzScope, TYPE_URL } from "../../xds/types.js";
-import { authorizationKey, convertPolicy } from "../policy.js";
+import { authorizationKey, convertPolicy, selectorMatches } from "../policy.js";
 import {
   buildService,
   buildWorkload,
   DEFAULT_INDEX_OPTIONS,
   ipAliases,
   isIndexed,
-  selects,
   serviceKey,
   workloadUid,
 } from "./workload.js";
@@ -299,7 +298,7 @@ export class AmbientIndex {
     const matches = (
       s: Readonly<Record<string, string>>,
       labels: Readonly<Record<string, string>>,
-    ): boolean => (Object.keys(s).length === 0 ? emptyMatchesAll : selects(s, labels));
+    ): boolean => (Object.keys(s).length === 0 ? emptyMatchesAll : selectorMatches(s, labels));
     for (const pod of this.podsIn(ns)) {
       if (live.some((s) => matches(s, pod.labels))) this.refreshWorkload(pod.namespace, pod.name, pod);
     }

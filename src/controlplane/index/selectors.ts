@@ -1,3 +1,5 @@
+import { selectorMatches } from "../policy.js";
+
 /**
  * Selectors (label maps) of one kind of object, findable by the labels of a pod: each selector is
  * filed under every `key=value` it requires, so a pod's candidates come from its own labels
@@ -62,7 +64,7 @@ export class SelectorIndex {
         for (const key of hits) {
           if (out?.includes(key)) continue;
           const s = this.selectors.get(key)?.selector;
-          if (s && satisfies(s, labels)) (out ??= []).push(key);
+          if (s && selectorMatches(s, labels)) (out ??= []).push(key);
         }
       }
     }
@@ -71,11 +73,3 @@ export class SelectorIndex {
 }
 
 const NONE: string[] = [];
-
-function satisfies(
-  selector: Readonly<Record<string, string>>,
-  labels: Readonly<Record<string, string>>,
-): boolean {
-  for (const k in selector) if (labels[k] !== selector[k]) return false;
-  return true;
-}

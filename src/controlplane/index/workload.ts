@@ -89,14 +89,6 @@ function workloadName(pod: ClusterPod): string {
   return firstLabel(pod.labels, ["app.kubernetes.io/name", "app"], pod.name);
 }
 
-export const selects = (
-  selector: Readonly<Record<string, string>> | undefined,
-  labels: Readonly<Record<string, string>>,
-): boolean =>
-  selector !== undefined &&
-  Object.keys(selector).length > 0 &&
-  Object.entries(selector).every(([k, v]) => labels[k] === v);
-
 /** A service's ports as one workload serves them: named target ports resolved against the pod. */
 export function portsFor(svc: ClusterService, pod: ClusterPod): Port[] {
   const out: Port[] = [];

@@ -110,10 +110,11 @@ export class ProxySession {
         continue;
       }
       state.keys.add(k);
-      for (const name of this.resolve(typeUrl, k)) asked.add(name);
+      const names = this.resolve(typeUrl, k);
+      for (const name of names) asked.add(name);
       // A key that names nothing is answered with a removal of that key, so the proxy's
       // lookup ends instead of waiting.
-      if (this.resolve(typeUrl, k).length === 0) asked.add(k);
+      if (names.length === 0) asked.add(k);
     }
     this.sendDiff(
       typeUrl,
