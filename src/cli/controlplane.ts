@@ -1,11 +1,13 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Command } from "commander";
-import { InvalidArgumentError } from "commander";
+import { InvalidArgumentError, Option } from "commander";
 import { issueProxyToken, loadOrCreateTokenKey, serviceAccountSubject } from "../controlplane/auth/tokens.js";
 import { DEFAULT_TRUSTED_NODE_PROXY_ACCOUNTS } from "../controlplane/ca/authorize.js";
 import { ROOT_CERT_FILE } from "../controlplane/ca/root.js";
+import { DEFAULT_TOKEN_AUDIENCES, KubeconfigError } from "../controlplane/auth/tokenreview.js";
 import { caDir, startControlPlane } from "../controlplane/daemon.js";
+import type { RunningControlPlane } from "../controlplane/daemon.js";
 import { EXIT } from "./output.js";
 import type { Io } from "./output.js";
 
@@ -24,6 +26,9 @@ interface RunFlags {
   debounce: number;
   tlsName?: string[];
   tlsIp?: string[];
+  proxyAuth: "lab" | "kubernetes";
+  kubeconfig?: string;
+  tokenAudience?: string[];
 }
 
 export function addControlPlaneCommands(program: Command, io: Io, setExit: (code: number) => void): void {
@@ -53,6 +58,19 @@ export function addControlPlaneCommands(program: Command, io: Io, setExit: (code
     .option("--debounce <ms>", "changes within this window go out together", parseNonNegative, 10)
     .option("--tls-name <name...>", "extra DNS names for the serving certificate")
     .option("--tls-ip <ip...>", "extra IP addresses for the serving certificate")
+    .addOption(
+      new Option(
+        "--proxy-auth <kind>",
+        "how node proxies authenticate: lab tokens, or Kubernetes TokenReview",
+      )
+        .choices(["lab", "kubernetes"])
+        .default("lab"),
+    )
+    .option("--kubeconfig <file>", "API server for TokenReview (default: the in-cluster service account)")
+    .option(
+      "--token-audience <aud...>",
+      `audiences a proxy's token must be for (default: ${DEFAULT_TOKEN_AUDIENCES.join(", ")})`,
+    )
     .action(async (flags: RunFlags) => setExit(await run(io, flags)));
 
   cp.command("token")
@@ -108,20 +126,41 @@ export function addControlPlaneCommands(program: Command, io: Io, setExit: (code
 }
 
 async function run(io: Io, flags: RunFlags): Promise<number> {
-  const running = await startControlPlane({
-    clusterState: flags.clusterState,
-    clusterConf: flags.clusterConf,
-    stateDir: flags.stateDir,
-    listen: flags.listen,
-    httpAddr: flags.httpAddr,
-    trustDomain: flags.trustDomain,
-    domain: flags.domain,
-    rootNamespace: flags.rootNamespace,
-    ...(flags.trustedAccount ? { trustedAccounts: flags.trustedAccount } : {}),
-    debounceMs: flags.debounce,
-    ...(flags.tlsName ? { tlsDnsNames: flags.tlsName } : {}),
-    ...(flags.tlsIp ? { tlsIps: flags.tlsIp } : {}),
-  });
+  if (flags.proxyAuth !== "kubernetes" && (flags.kubeconfig || flags.tokenAudience)) {
+    io.err("error: --kubeconfig and --token-audience need --proxy-auth kubernetes\n");
+    return EXIT.usage;
+  }
+  let running: RunningControlPlane;
+  try {
+    running = await startControlPlane({
+      clusterState: flags.clusterState,
+      clusterConf: flags.clusterConf,
+      stateDir: flags.stateDir,
+      listen: flags.listen,
+      httpAddr: flags.httpAddr,
+      trustDomain: flags.trustDomain,
+      domain: flags.domain,
+      rootNamespace: flags.rootNamespace,
+      ...(flags.trustedAccount ? { trustedAccounts: flags.trustedAccount } : {}),
+      debounceMs: flags.debounce,
+      ...(flags.tlsName ? { tlsDnsNames: flags.tlsName } : {}),
+      ...(flags.tlsIp ? { tlsIps: flags.tlsIp } : {}),
+      proxyAuth:
+        flags.proxyAuth === "kubernetes"
+          ? {
+              kind: "kubernetes",
+              ...(flags.kubeconfig ? { kubeconfig: flags.kubeconfig } : {}),
+              ...(flags.tokenAudience ? { audiences: flags.tokenAudience } : {}),
+            }
+          : { kind: "lab" },
+    });
+  } catch (err) {
+    if (err instanceof KubeconfigError) {
+      io.err(`error: --kubeconfig: ${err.message}\n`);
+      return EXIT.invalid;
+    }
+    throw err;
+  }
   io.err(
     `offmesh control plane: xDS and CA on port ${running.grpcPort}${running.httpUrl ? `, ${running.httpUrl}` : ""}\n`,
   );

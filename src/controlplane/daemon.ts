@@ -11,6 +11,7 @@ import { decodeAddress, decodeAuthorization } from "../xds/proto.js";
 import { TYPE_URL } from "../xds/types.js";
 import { loadOrCreateTokenKey, TokenAuthenticator } from "./auth/tokens.js";
 import type { ProxyAuthenticator } from "./auth/tokens.js";
+import { kubernetesTokenReviewer, TokenReviewAuthenticator } from "./auth/tokenreview.js";
 import { DEFAULT_TRUSTED_NODE_PROXY_ACCOUNTS } from "./ca/authorize.js";
 import { loadOrCreateRoot } from "./ca/root.js";
 import type { RootCa } from "./ca/root.js";
@@ -34,7 +35,30 @@ export interface ControlPlaneDaemonOptions {
   /** Names and addresses the serving certificate is valid for (besides the listen address). */
   readonly tlsDnsNames?: readonly string[];
   readonly tlsIps?: readonly string[];
+  /**
+   * How node proxies prove who they are: `lab` tokens signed with the key in the state directory
+   * (default), or Kubernetes service-account tokens checked with TokenReview.
+   */
+  readonly proxyAuth?: ProxyAuthOption;
   readonly log?: Logger;
+}
+
+export type ProxyAuthOption =
+  | { readonly kind: "lab" }
+  | {
+      readonly kind: "kubernetes";
+      /** Without one, the in-cluster service account is used. */
+      readonly kubeconfig?: string;
+      readonly audiences?: readonly string[];
+    };
+
+async function proxyAuthenticator(opts: ControlPlaneDaemonOptions): Promise<ProxyAuthenticator> {
+  const auth = opts.proxyAuth ?? { kind: "lab" };
+  if (auth.kind === "lab") return new TokenAuthenticator(await loadOrCreateTokenKey(opts.stateDir));
+  return new TokenReviewAuthenticator({
+    review: kubernetesTokenReviewer(auth.kubeconfig),
+    ...(auth.audiences ? { audiences: auth.audiences } : {}),
+  });
 }
 
 export interface RunningControlPlane {
@@ -66,8 +90,7 @@ export async function startControlPlane(
     ],
     ttlSeconds: 365 * 24 * 3600,
   });
-  const authenticator =
-    deps.authenticator ?? new TokenAuthenticator(await loadOrCreateTokenKey(opts.stateDir));
+  const authenticator = deps.authenticator ?? (await proxyAuthenticator(opts));
   const source =
     deps.source ??
     new FileClusterSource({

@@ -8,11 +8,12 @@ import type {
   IstioCertificateRequest,
   IstioCertificateResponse,
 } from "../xds/messages.js";
-import type { ProxyAuthenticator, ProxyIdentity } from "./auth/tokens.js";
+import type { AuthenticationResult, ProxyAuthenticator } from "./auth/tokens.js";
 import { authorizeCsr } from "./ca/authorize.js";
 import { CsrRejectedError, leafTtlSeconds } from "./ca/root.js";
 import type { RootCa } from "./ca/root.js";
 import type { ControlPlane } from "./controlplane.js";
+import type { ProxySession } from "./xds/session.js";
 
 export interface GrpcServerOptions {
   /** host:port; port 0 picks a free one. */
@@ -42,41 +43,36 @@ export async function startGrpcServer(cp: ControlPlane, opts: GrpcServerOptions)
     "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
     "grpc.keepalive_time_ms": 30_000,
   });
-  const authenticate = (metadata: grpc.Metadata): ProxyIdentity | { error: string } => {
+  const authenticate = async (metadata: grpc.Metadata): Promise<AuthenticationResult> => {
     const header = metadata.get("authorization")[0];
-    return opts.authenticator.authenticate(
-      typeof header === "string" ? header : undefined,
-      cp.cluster().snapshot(),
-    );
+    try {
+      return await opts.authenticator.authenticate(typeof header === "string" ? header : undefined, () =>
+        cp.cluster().snapshot(),
+      );
+    } catch (err) {
+      return { error: `authentication failed: ${(err as Error).message}` };
+    }
   };
 
   server.addService(adsServiceDefinition, {
     DeltaAggregatedResources: (
       call: grpc.ServerDuplexStream<DeltaDiscoveryRequest, DeltaDiscoveryResponse>,
     ) => {
-      const peer = authenticate(call.metadata);
-      const refusal =
-        "error" in peer
-          ? `unauthenticated: ${peer.error}`
-          : opts.trustedAccounts.includes(`${peer.namespace}/${peer.serviceAccount}`)
-            ? undefined
-            : `${peer.namespace}/${peer.serviceAccount} is not a trusted node proxy account`;
-      if (refusal || "error" in peer) {
-        cp.metrics.rejectedStreams.inc();
-        opts.log.warn({ peer: call.getPeer(), reason: refusal }, "xDS stream refused");
-        call.emit("error", { code: grpc.status.UNAUTHENTICATED, details: refusal ?? "unauthenticated" });
-        return;
-      }
-      const session = cp.open(peer, (res) => {
-        if (!call.writableEnded && !call.destroyed) call.write(res);
-      });
-      let closed = false;
+      // Authentication may wait on the API server; requests that arrive meanwhile are held and
+      // handed to the session in order once it exists.
+      const pending: DeltaDiscoveryRequest[] = [];
+      let session: ProxySession | undefined;
+      let ended = false;
       const close = (): void => {
-        if (closed) return;
-        closed = true;
-        cp.close(session);
+        if (ended) return;
+        ended = true;
+        if (session) cp.close(session);
       };
-      call.on("data", (req: DeltaDiscoveryRequest) => {
+      const handle = (req: DeltaDiscoveryRequest): void => {
+        if (!session) {
+          pending.push(req);
+          return;
+        }
         try {
           session.onRequest(req);
         } catch (err) {
@@ -84,7 +80,8 @@ export async function startGrpcServer(cp: ControlPlane, opts: GrpcServerOptions)
           call.emit("error", { code: grpc.status.INTERNAL, details: (err as Error).message });
           close();
         }
-      });
+      };
+      call.on("data", handle);
       call.on("end", () => {
         close();
         call.end();
@@ -92,6 +89,29 @@ export async function startGrpcServer(cp: ControlPlane, opts: GrpcServerOptions)
       call.on("cancelled", close);
       call.on("error", close);
       call.on("close", close);
+      void authenticate(call.metadata).then((peer) => {
+        if (ended) return;
+        const refusal =
+          "error" in peer
+            ? `unauthenticated: ${peer.error}`
+            : opts.trustedAccounts.includes(`${peer.namespace}/${peer.serviceAccount}`)
+              ? undefined
+              : `${peer.namespace}/${peer.serviceAccount} is not a trusted node proxy account`;
+        if (refusal || "error" in peer) {
+          cp.metrics.rejectedStreams.inc();
+          opts.log.warn({ peer: call.getPeer(), reason: refusal }, "xDS stream refused");
+          call.emit("error", { code: grpc.status.UNAUTHENTICATED, details: refusal ?? "unauthenticated" });
+          close();
+          return;
+        }
+        session = cp.open(peer, (res) => {
+          if (!call.writableEnded && !call.destroyed) call.write(res);
+        });
+        for (const req of pending.splice(0)) {
+          if (ended) break;
+          handle(req);
+        }
+      });
     },
   });
 
@@ -100,10 +120,12 @@ export async function startGrpcServer(cp: ControlPlane, opts: GrpcServerOptions)
       call: grpc.ServerUnaryCall<IstioCertificateRequest, IstioCertificateResponse>,
       callback: grpc.sendUnaryData<IstioCertificateResponse>,
     ) => {
-      void createCertificate(cp, opts, authenticate(call.metadata), call.request).then(
-        (res) => callback(null, res),
-        (err: { code: grpc.status; details: string }) => callback(err),
-      );
+      void authenticate(call.metadata)
+        .then((caller) => createCertificate(cp, opts, caller, call.request))
+        .then(
+          (res) => callback(null, res),
+          (err: { code: grpc.status; details: string }) => callback(err),
+        );
     },
   });
 
@@ -130,7 +152,7 @@ export async function startGrpcServer(cp: ControlPlane, opts: GrpcServerOptions)
 async function createCertificate(
   cp: ControlPlane,
   opts: GrpcServerOptions,
-  caller: ProxyIdentity | { error: string },
+  caller: AuthenticationResult,
   req: IstioCertificateRequest,
 ): Promise<IstioCertificateResponse> {
   const fail = (

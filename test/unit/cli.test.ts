@@ -184,3 +184,35 @@ describe("bin/offmesh", () => {
     assert.match(bad.stderr, /cannot be read/);
   });
 });
+
+describe("offmesh controlplane run: proxy authentication flags", () => {
+  const base = ["controlplane", "run", "--cluster-state", "s.yaml", "--cluster-conf", "c.yaml"];
+
+  it("refuses --kubeconfig without --proxy-auth kubernetes, starting nothing", async () => {
+    const io = captureIo();
+    assert.equal(await runCli([...base, "--kubeconfig", "k"], io), 2);
+    assert.match(io.stderr(), /--kubeconfig and --token-audience need --proxy-auth kubernetes/);
+  });
+
+  it("refuses an unknown --proxy-auth", async () => {
+    const io = captureIo();
+    assert.equal(await runCli([...base, "--proxy-auth", "ldap"], io), 2);
+    assert.match(io.stderr(), /--proxy-auth.*ldap.*lab, kubernetes/s);
+  });
+
+  it("names the kubeconfig that cannot be used", async () => {
+    const io = captureIo();
+    const missing = join(scratch, "no-kubeconfig");
+    const args = [
+      ...base,
+      "--proxy-auth",
+      "kubernetes",
+      "--kubeconfig",
+      missing,
+      "--state-dir",
+      join(scratch, "cp"),
+    ];
+    assert.equal(await runCli([...args, "--listen", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"], io), 1);
+    assert.match(io.stderr(), /--kubeconfig: .*no-kubeconfig: no such file/);
+  });
+});

@@ -194,32 +194,42 @@ describe("TokenAuthenticator", () => {
   const token = issueProxyToken(key, SUBJECT, 3600, NOW);
 
   it("authenticates a live proxy pod, taking its node from the cluster", () => {
-    assert.deepEqual(auth.authenticate(token, snapshot(ZTUNNEL)), {
-      namespace: "istio-system",
-      serviceAccount: "ztunnel",
-      podName: "ztunnel-abcde",
-      podUid: "uid-zt-1",
-      node: "master-dpu",
-    });
+    assert.deepEqual(
+      auth.authenticate(token, () => snapshot(ZTUNNEL)),
+      {
+        namespace: "istio-system",
+        serviceAccount: "ztunnel",
+        podName: "ztunnel-abcde",
+        podUid: "uid-zt-1",
+        node: "master-dpu",
+      },
+    );
   });
 
   it("accepts an authorization header value", () => {
-    assert.ok(!("error" in auth.authenticate(`Bearer ${token}`, snapshot(ZTUNNEL))));
-    assert.ok(!("error" in auth.authenticate(`bearer  ${token} `, snapshot(ZTUNNEL))));
+    assert.ok(!("error" in auth.authenticate(`Bearer ${token}`, () => snapshot(ZTUNNEL))));
+    assert.ok(!("error" in auth.authenticate(`bearer  ${token} `, () => snapshot(ZTUNNEL))));
   });
 
   it("answers 'no credential' without a token", () => {
     for (const none of [undefined, "", "  ", "Bearer", "Bearer   "]) {
-      assert.deepEqual(auth.authenticate(none, snapshot(ZTUNNEL)), { error: "no credential" }, String(none));
+      assert.deepEqual(
+        auth.authenticate(none, () => snapshot(ZTUNNEL)),
+        { error: "no credential" },
+        String(none),
+      );
     }
   });
 
   it("answers 'invalid token' for a garbled or expired one", () => {
-    assert.deepEqual(auth.authenticate("Bearer garbage", snapshot(ZTUNNEL)), {
-      error: "invalid token: not three base64url segments",
-    });
+    assert.deepEqual(
+      auth.authenticate("Bearer garbage", () => snapshot(ZTUNNEL)),
+      {
+        error: "invalid token: not three base64url segments",
+      },
+    );
     const late = new TokenAuthenticator(key, () => new Date(NOW.getTime() + 3_600_000));
-    assert.match(errorOf(late.authenticate(token, snapshot(ZTUNNEL))), /^invalid token: expired at/);
+    assert.match(errorOf(late.authenticate(token, () => snapshot(ZTUNNEL))), /^invalid token: expired at/);
   });
 
   const refusals: ReadonlyArray<[string, ClusterPod[], string]> = [
@@ -262,9 +272,12 @@ describe("TokenAuthenticator", () => {
   ];
   for (const [what, pods, reason] of refusals) {
     it(`refuses a valid token when ${what}`, () => {
-      assert.deepEqual(auth.authenticate(token, snapshot(...pods)), {
-        error: `token not backed by the cluster: ${reason}`,
-      });
+      assert.deepEqual(
+        auth.authenticate(token, () => snapshot(...pods)),
+        {
+          error: `token not backed by the cluster: ${reason}`,
+        },
+      );
     });
   }
 });

@@ -1,5 +1,5 @@
-// How the control plane knows which node proxy is calling. In Kubernetes that will be a TokenReview
-// of the proxy's projected service-account token; the lab issues its own tokens, defined here:
+// How the control plane knows which node proxy is calling. On Kubernetes: a TokenReview of the
+// proxy's projected service-account token (tokenreview.ts); the lab issues its own tokens, defined here:
 // compact JWS (RFC 7515) with a fixed HS256 header, keyed by a secret in the control plane's state
 // directory. Either way the token only names a pod: the pod's node, account and liveness are taken
 // from the cluster, so a token for a deleted or moved pod grants nothing.
@@ -47,9 +47,18 @@ export interface ProxyIdentity {
   readonly node: string;
 }
 
+export type AuthenticationResult = ProxyIdentity | { error: string };
+
 export interface ProxyAuthenticator {
-  /** `bearer`: the token, or an `authorization` header value (`Bearer <token>`). */
-  authenticate(bearer: string | undefined, snapshot: ClusterSnapshot): ProxyIdentity | { error: string };
+  /**
+   * `bearer`: the token, or an `authorization` header value (`Bearer <token>`). `snapshot` is read
+   * once the credential is verified, so an authenticator that waits (TokenReview) checks the pod
+   * against the cluster as it is then, not as it was when the call began.
+   */
+  authenticate(
+    bearer: string | undefined,
+    snapshot: () => ClusterSnapshot,
+  ): AuthenticationResult | Promise<AuthenticationResult>;
 }
 
 export class TokenKeyError extends Error {
@@ -214,7 +223,7 @@ export class TokenAuthenticator implements ProxyAuthenticator {
     private readonly now: () => Date = () => new Date(),
   ) {}
 
-  authenticate(bearer: string | undefined, snapshot: ClusterSnapshot): ProxyIdentity | { error: string } {
+  authenticate(bearer: string | undefined, snapshot: () => ClusterSnapshot): AuthenticationResult {
     const token = bearerToken(bearer);
     if (token === undefined) return { error: "no credential" };
     const claims = verifyProxyToken(this.key, token, this.now());
@@ -228,13 +237,13 @@ export class TokenAuthenticator implements ProxyAuthenticator {
       podUid: claims.pod.uid,
       node: claims.node,
     };
-    const problem = proxyPodProblem(who, snapshot);
+    const problem = proxyPodProblem(who, snapshot());
     return problem ? { error: `token not backed by the cluster: ${problem}` } : who;
   }
 }
 
 /** The token in a bearer credential, accepting the bare token or an `authorization` header value. */
-function bearerToken(bearer: string | undefined): string | undefined {
+export function bearerToken(bearer: string | undefined): string | undefined {
   const text = bearer?.trim() ?? "";
   const m = /^bearer(?:\s+(.*))?$/is.exec(text);
   const token = (m ? (m[1] ?? "") : text).trim();
