@@ -6,6 +6,9 @@
 //   - change latency vs the same-size message written to 100 raw gRPC streams (transport floor).
 //
 //   npm run build && node --expose-gc dist/bench/controlplane.bench.js [--workloads N] [--proxies N]
+//                                                                      [--index-only]
+// --index-only stops after the index build and its memory (seconds instead of minutes, for working
+// on the index) and records nothing.
 import { fork } from "node:child_process";
 import { appendFileSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
@@ -33,6 +36,7 @@ const arg = (name: string, fallback: number): number => {
 const WORKLOADS = arg("workloads", 100_000);
 const SERVICES = Math.max(1, Math.floor(WORKLOADS / 10));
 const PROXIES = arg("proxies", 100);
+const INDEX_ONLY = process.argv.includes("--index-only");
 const PAIRS = 100;
 const CHANGES = 50;
 const now = (): number => performance.timeOrigin + performance.now();
@@ -159,6 +163,10 @@ async function main(): Promise<void> {
       `${mb(encodedBytes)} (encoded bytes)`,
       rssIndex / encodedBytes,
     );
+    if (INDEX_ONLY) {
+      await running.stop();
+      return;
+    }
 
     const key = await loadOrCreateTokenKey(dir);
     const tokens = Array.from({ length: PROXIES }, (_, p) => {

@@ -6,7 +6,7 @@ import type {
   ClusterService,
   ClusterSnapshot,
 } from "../../cluster/types.js";
-import { decodeAddress, decodeAuthorization, encodeAddress, encodeAuthorization } from "../../xds/proto.js";
+import { decodeAddress, decodeAuthorization, encodeAuthorization } from "../../xds/proto.js";
 import type { Address, Authorization } from "../../xds/types.js";
 import { AuthzAction, AuthzScope, TYPE_URL } from "../../xds/types.js";
 import { authorizationKey, convertPolicy, selectorMatches } from "../policy.js";
@@ -17,10 +17,17 @@ import {
   ipAliases,
   isIndexed,
   serviceKey,
+  serviceRef,
+  workloadAliases,
   workloadUid,
 } from "./workload.js";
-import type { IndexOptions } from "./workload.js";
+import type { IndexOptions, ServiceRef } from "./workload.js";
+import { AliasIndex } from "./aliases.js";
 import { SelectorIndex } from "./selectors.js";
+import { fnv1a64 } from "./version.js";
+import { AddressEncoder } from "./address-encoder.js";
+
+export { fnv1a64 };
 
 export type IndexedType = typeof TYPE_URL.address | typeof TYPE_URL.authorization;
 
@@ -29,14 +36,21 @@ export type IndexedType = typeof TYPE_URL.address | typeof TYPE_URL.authorizatio
  * are kept (the index of a large cluster is mostly these); `value` decodes them when asked.
  */
 export class IndexedResource {
+  /** Made on first use: the index tells changes by the bytes themselves, only proxies need it. */
+  private versionText: string | undefined = undefined;
+
   constructor(
     readonly typeUrl: IndexedType,
     readonly name: string,
-    readonly version: string,
     readonly bytes: Uint8Array,
     readonly aliases: readonly string[],
     readonly isWorkload: boolean,
   ) {}
+
+  /** 64-bit FNV-1a of the bytes, as 16 hex digits. */
+  get version(): string {
+    return (this.versionText ??= fnv1a64(this.bytes));
+  }
 
   get value(): Address | Authorization {
     return this.typeUrl === TYPE_URL.address ? decodeAddress(this.bytes) : decodeAuthorization(this.bytes);
@@ -69,12 +83,9 @@ const key = (o: { namespace: string; name: string }): string => `${o.namespace}/
  * namespace's workloads — and reports a change only for resources whose bytes changed.
  */
 export class AmbientIndex {
-  private readonly resources = new Map<IndexedType, Map<string, IndexedResource>>([
-    [TYPE_URL.address, new Map()],
-    [TYPE_URL.authorization, new Map()],
-  ]);
-  /** alias → the resource name holding it; a set only when several do (one address, one workload is the rule). */
-  private readonly aliasIndex = new Map<string, string | Set<string>>();
+  private readonly addresses = new Map<string, IndexedResource>();
+  private readonly authorizations = new Map<string, IndexedResource>();
+  private readonly aliasIndex = new AliasIndex(() => this.addresses.values());
   /**
    * Workload uid (`<cluster>//Pod/<ns>/<name>`) → the pods of that name, in the order first seen. A recreated pod
    * reuses the workload uid while its predecessor may still exist (terminating, or its delete not
@@ -83,11 +94,14 @@ export class AmbientIndex {
   private readonly podsByName = new Map<string, ClusterPod | ClusterPod[]>();
   private readonly namespaces = new Map<string, ClusterNamespace>();
   private readonly services = new Map<string, ClusterService>();
-  private readonly serviceSelectors = new SelectorIndex(false);
+  /** Selected pods find their services' refs here. */
+  private readonly serviceSelectors = new SelectorIndex<ServiceRef>(false);
   private readonly policies = new Map<string, PolicyState>();
-  private readonly policySelectors = new SelectorIndex(true);
+  /** Selected pods find the names of their policies' authorizations here. */
+  private readonly policySelectors = new SelectorIndex<string>(true);
+  private readonly encoder = new AddressEncoder();
   private readonly listeners = new Set<(changes: readonly ResourceChange[]) => void>();
-  private pending: ResourceChange[] = [];
+  private readonly pending = new PendingChanges();
   /** Kept as resources come and go: stats are read on every event. */
   private workloadCount = 0;
   /** When the event being applied arrived; stamped on the changes it causes. */
@@ -105,11 +119,13 @@ export class AmbientIndex {
     for (const svc of snapshot.services.values()) this.indexService(svc);
     for (const p of snapshot.policies.values()) this.indexPolicy(p);
     for (const pod of snapshot.pods.values()) this.indexPod(pod);
-    for (const svc of this.services.values()) this.putService(svc);
-    for (const [uid, held] of this.podsByName) {
+    // forEach: iterating entries would make a [key, value] array per pod.
+    this.podsByName.forEach((held, uid) => {
       const pod = ownerOfHeld(held);
       if (pod) this.refreshWorkload(pod.namespace, pod.name, pod, uid);
-    }
+    });
+    // After the workloads, so that the code they share is first compiled for workloads, 10× more.
+    for (const svc of this.services.values()) this.putService(svc);
     this.slab = undefined;
     return this.flush();
   }
@@ -142,19 +158,18 @@ export class AmbientIndex {
   }
 
   get(typeUrl: IndexedType, name: string): IndexedResource | undefined {
-    return this.resources.get(typeUrl)?.get(name);
+    return this.mapOf(typeUrl).get(name);
   }
 
   all(typeUrl: IndexedType): ReadonlyMap<string, IndexedResource> {
-    return this.resources.get(typeUrl) ?? new Map();
+    return this.mapOf(typeUrl);
   }
 
   /** Resource names an on-demand key refers to: the name itself, or an alias such as `/10.0.0.5`. */
   resolve(typeUrl: IndexedType, keyName: string): string[] {
     if (this.get(typeUrl, keyName)) return [keyName];
     if (typeUrl !== TYPE_URL.address) return [];
-    const held = this.aliasIndex.get(keyName);
-    return held === undefined ? [] : typeof held === "string" ? [held] : [...held];
+    return this.aliasIndex.lookup(keyName);
   }
 
   /** Policies that could not be converted, or were converted with warnings (status for operators). */
@@ -253,7 +268,7 @@ export class AmbientIndex {
   private indexService(svc: ClusterService): void {
     const k = key(svc);
     this.services.set(k, svc);
-    this.serviceSelectors.set(svc.namespace, k, svc.selector);
+    this.serviceSelectors.set(svc.namespace, k, svc.selector, serviceRef(svc, this.opts));
   }
 
   private indexPolicy(policy: ClusterPolicy): void {
@@ -272,7 +287,7 @@ export class AmbientIndex {
         converted: true,
         ...(fallback.selector ? { selector: fallback.selector } : {}),
       };
-      this.put(TYPE_URL.authorization, resourceName, fallback.authorization, []);
+      this.putAuthorization(resourceName, fallback.authorization);
     } else {
       state = {
         policy,
@@ -280,11 +295,11 @@ export class AmbientIndex {
         converted: result.authorization !== undefined,
         ...(result.selector ? { selector: result.selector } : {}),
       };
-      if (result.authorization) this.put(TYPE_URL.authorization, resourceName, result.authorization, []);
+      if (result.authorization) this.putAuthorization(resourceName, result.authorization);
       else this.remove(TYPE_URL.authorization, resourceName);
     }
     this.policies.set(k, state);
-    this.policySelectors.set(policy.namespace, k, state.converted ? state.selector : undefined);
+    this.policySelectors.set(policy.namespace, k, state.converted ? state.selector : undefined, resourceName);
   }
 
   /** Workloads of `ns` matched by any of the selectors (old and new) are recomputed. */
@@ -312,93 +327,75 @@ export class AmbientIndex {
       this.remove(TYPE_URL.address, resourceName);
       return;
     }
-    const services: ClusterService[] = [];
-    for (const k of this.serviceSelectors.matching(namespace, pod.labels)) {
-      const svc = this.services.get(k);
-      if (svc) services.push(svc);
-    }
-    const policyKeys: string[] = [];
-    for (const k of this.policySelectors.matching(namespace, pod.labels)) {
-      const p = this.policies.get(k);
-      if (p) policyKeys.push(authorizationKey(p.policy.namespace, p.policy.name));
-    }
     const workload = buildWorkload(
       pod,
       this.namespaces.get(namespace),
-      services,
-      policyKeys,
+      this.serviceSelectors.matching(namespace, pod.labels),
+      this.policySelectors.matching(namespace, pod.labels),
       this.opts,
       resourceName,
     );
-    this.put(TYPE_URL.address, resourceName, { workload }, pod.hostNetwork ? [] : ipAliases(pod.ips));
-  }
-
-  private putService(svc: ClusterService): void {
-    this.put(
+    this.store(
       TYPE_URL.address,
-      serviceKey(svc, this.opts.domain),
-      { service: buildService(svc, this.opts) },
-      ipAliases(svc.clusterIPs),
+      resourceName,
+      this.encoder.workload(workload),
+      workloadAliases(pod, workload),
+      true,
     );
   }
 
-  private put(
+  private putService(svc: ClusterService): void {
+    this.store(
+      TYPE_URL.address,
+      serviceKey(svc, this.opts.domain),
+      this.encoder.service(buildService(svc, this.opts)),
+      ipAliases(svc.clusterIPs),
+      false,
+    );
+  }
+
+  private putAuthorization(name: string, authorization: Authorization): void {
+    this.store(TYPE_URL.authorization, name, encodeAuthorization(authorization), [], false);
+  }
+
+  /** Keep `encoded` (copied: it may be a view of a reused buffer) unless it is what is held already. */
+  private store(
     typeUrl: IndexedType,
     name: string,
-    value: Address | Authorization,
+    encoded: Uint8Array,
     aliases: readonly string[],
+    isWorkload: boolean,
   ): void {
-    const workload = (value as Address).workload;
-    const encoded =
-      typeUrl === TYPE_URL.address
-        ? encodeAddress(value as Address)
-        : encodeAuthorization(value as Authorization);
-    const version = fnv1a64(encoded);
-    const map = this.resources.get(typeUrl);
-    const existing = map?.get(name);
-    if (existing && existing.version === version && sameAliases(existing.aliases, aliases)) return;
+    const map = this.mapOf(typeUrl);
+    const existing = map.get(name);
+    if (existing && sameBytes(existing.bytes, encoded) && sameAliases(existing.aliases, aliases)) return;
     // protobufjs's buffers are slices of Node's shared pool, which a long-kept slice would keep
     // alive whole. The first build copies into slabs of its own (dense: every resource in them is
     // live); later resources get memory of their own, so churn never pins a slab of dead ones.
     const bytes = this.slab ? this.slab.copy(encoded) : new Uint8Array(encoded);
-    const isWorkload = workload !== undefined;
-    if (existing) this.unalias(name, existing.aliases);
+    if (existing) this.aliasIndex.delete(name, existing.aliases);
     else if (isWorkload) this.workloadCount++;
-    map?.set(name, new IndexedResource(typeUrl, name, version, bytes, aliases, isWorkload));
-    for (const a of aliases) {
-      const held = this.aliasIndex.get(a);
-      if (held === undefined || held === name) this.aliasIndex.set(a, name);
-      else if (typeof held === "string") this.aliasIndex.set(a, new Set([held, name]));
-      else held.add(name);
-    }
-    this.pending.push({ typeUrl, name, removed: false, at: this.changeTime });
+    map.set(name, new IndexedResource(typeUrl, name, bytes, aliases, isWorkload));
+    this.aliasIndex.add(name, aliases);
+    this.pending.add(typeUrl, name, false);
   }
 
   private remove(typeUrl: IndexedType, name: string): void {
-    const map = this.resources.get(typeUrl);
-    const existing = map?.get(name);
+    const map = this.mapOf(typeUrl);
+    const existing = map.get(name);
     if (!existing) return;
-    map?.delete(name);
+    map.delete(name);
     if (existing.isWorkload) this.workloadCount--;
-    this.unalias(name, existing.aliases);
-    this.pending.push({ typeUrl, name, removed: true, at: this.changeTime });
+    this.aliasIndex.delete(name, existing.aliases);
+    this.pending.add(typeUrl, name, true);
   }
 
-  private unalias(name: string, aliases: readonly string[]): void {
-    for (const a of aliases) {
-      const held = this.aliasIndex.get(a);
-      if (held === name) this.aliasIndex.delete(a);
-      else if (typeof held === "object") {
-        held.delete(name);
-        if (held.size === 1) this.aliasIndex.set(a, [...held][0] ?? "");
-        else if (held.size === 0) this.aliasIndex.delete(a);
-      }
-    }
+  private mapOf(typeUrl: IndexedType): Map<string, IndexedResource> {
+    return typeUrl === TYPE_URL.address ? this.addresses : this.authorizations;
   }
 
   private flush(): readonly ResourceChange[] {
-    const changes = this.pending;
-    this.pending = [];
+    const changes = this.pending.take(this.changeTime);
     if (changes.length > 0) for (const l of this.listeners) l(changes);
     return changes;
   }
@@ -441,6 +438,44 @@ function failClosed(
   };
 }
 
+/**
+ * Changes not yet reported, kept as names and flags; the ResourceChange objects are made when they
+ * are reported. Made as they happen, the 110,000 of a large first build would live through every
+ * young-generation collection of the build, each of which copies them.
+ */
+class PendingChanges {
+  private names: string[] = [];
+  /** Per name: AUTHORIZATION (else an address) | REMOVED (else put). */
+  private flags: number[] = [];
+  private static readonly AUTHORIZATION = 1;
+  private static readonly REMOVED = 2;
+
+  add(typeUrl: IndexedType, name: string, removed: boolean): void {
+    this.names.push(name);
+    this.flags.push(
+      (typeUrl === TYPE_URL.authorization ? PendingChanges.AUTHORIZATION : 0) |
+        (removed ? PendingChanges.REMOVED : 0),
+    );
+  }
+
+  /** The changes so far, stamped `at`; none are pending after. */
+  take(at: number): ResourceChange[] {
+    const changes = new Array<ResourceChange>(this.names.length);
+    for (let i = 0; i < this.names.length; i++) {
+      const f = this.flags[i] ?? 0;
+      changes[i] = {
+        typeUrl: f & PendingChanges.AUTHORIZATION ? TYPE_URL.authorization : TYPE_URL.address,
+        name: this.names[i] ?? "",
+        removed: (f & PendingChanges.REMOVED) !== 0,
+        at,
+      };
+    }
+    this.names = [];
+    this.flags = [];
+    return changes;
+  }
+}
+
 /** Bump allocation of byte arrays in 1 MiB chunks: cheaper than one allocation per resource. */
 class Slab {
   private chunk = new Uint8Array(0);
@@ -467,23 +502,10 @@ function ownerOfHeld(held: ClusterPod | ClusterPod[] | undefined): ClusterPod | 
   return held.filter((p) => !p.terminating).at(-1) ?? held.at(-1);
 }
 
-/** 64-bit FNV-1a of the bytes, as 16 hex digits: a resource's version (change detection, not security). */
-export function fnv1a64(bytes: Uint8Array): string {
-  // The 64-bit state in two 32-bit halves; the prime 0x100000001b3 = 2^40 + 0x1b3, so
-  // state * prime = state * 0x1b3 + (lo << 40), computed with 16-bit partial products.
-  let hi = 0xcbf29ce4;
-  let lo = 0x84222325;
-  for (let i = 0; i < bytes.length; i++) {
-    lo = (lo ^ (bytes[i] ?? 0)) >>> 0;
-    const l0 = lo & 0xffff;
-    const l1 = lo >>> 16;
-    const p0 = l0 * 0x1b3;
-    const p1 = l1 * 0x1b3 + (p0 >>> 16);
-    const newLo = ((p1 & 0xffff) << 16) | (p0 & 0xffff);
-    hi = (Math.imul(hi, 0x1b3) + (p1 >>> 16) + (lo << 8)) >>> 0;
-    lo = newLo >>> 0;
-  }
-  return hi.toString(16).padStart(8, "0") + lo.toString(16).padStart(8, "0");
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 function sameAliases(a: readonly string[], b: readonly string[]): boolean {

@@ -84,13 +84,18 @@ function firstLabel(
   return fallback;
 }
 
+const WORKLOAD_NAME_LABELS = ["app.kubernetes.io/name", "app"] as const;
+
 /** A workload's name as telemetry shows it: the owning Deployment's name, approximated from labels. */
 function workloadName(pod: ClusterPod): string {
-  return firstLabel(pod.labels, ["app.kubernetes.io/name", "app"], pod.name);
+  return firstLabel(pod.labels, WORKLOAD_NAME_LABELS, pod.name);
 }
 
-/** A service's ports as one workload serves them: named target ports resolved against the pod. */
-export function portsFor(svc: ClusterService, pod: ClusterPod): Port[] {
+/**
+ * A service's ports as one workload serves them: named target ports resolved against the pod
+ * (without a pod, a named port is served by none).
+ */
+export function portsFor(svc: ClusterService, pod: ClusterPod | undefined): Port[] {
   const out: Port[] = [];
   for (const p of svc.ports) {
     if (p.protocol !== "TCP") continue;
@@ -98,7 +103,7 @@ export function portsFor(svc: ClusterService, pod: ClusterPod): Port[] {
     if (typeof p.targetPort === "number") target = p.targetPort;
     else if (/^\d+$/.test(p.targetPort)) target = Number(p.targetPort);
     else
-      target = pod.containerPorts?.find(
+      target = pod?.containerPorts?.find(
         (c) => c.name === p.targetPort && c.protocol === "TCP",
       )?.containerPort;
     // A named port this pod does not declare: the pod does not serve that service port.
@@ -106,6 +111,35 @@ export function portsFor(svc: ClusterService, pod: ClusterPod): Port[] {
     out.push({ servicePort: p.port, targetPort: target });
   }
   return out;
+}
+
+/**
+ * A service as the workloads it selects refer to it, made once per service rather than once per
+ * selected pod: its xDS name and, unless a target port is named (resolved per pod), the port list
+ * every one of its workloads carries and the `services` map of a workload of this service alone —
+ * objects shared by all those workloads, to be read, not changed.
+ */
+export interface ServiceRef {
+  readonly service: ClusterService;
+  /** `serviceKey(service, domain)`: the key of the workload's `services` map. */
+  readonly key: string;
+  readonly sharedPorts: PortList | undefined;
+  readonly onlyService: Readonly<Record<string, PortList>> | undefined;
+}
+
+export function serviceRef(svc: ClusterService, opts: IndexOptions): ServiceRef {
+  const named = svc.ports.some(
+    (p) => p.protocol === "TCP" && typeof p.targetPort === "string" && !/^\d+$/.test(p.targetPort),
+  );
+  const key = serviceKey(svc, opts.domain);
+  // With no named target port, portsFor does not read the pod.
+  const sharedPorts = named ? undefined : { ports: portsFor(svc, undefined) };
+  return {
+    service: svc,
+    key,
+    sharedPorts,
+    onlyService: sharedPorts ? { [key]: sharedPorts } : undefined,
+  };
 }
 
 /** Whether a pod is a workload of the index: it has an address and is not finished. */
@@ -127,7 +161,7 @@ const CANONICAL_REVISION_LABELS = [
 export function buildWorkload(
   pod: ClusterPod,
   namespace: ClusterNamespace | undefined,
-  services: readonly ClusterService[],
+  services: readonly ServiceRef[],
   policyKeys: readonly string[],
   opts: IndexOptions,
   uid: string = workloadUid(opts.clusterId, pod),
@@ -155,10 +189,16 @@ export function buildWorkload(
   };
   if (pod.nodeName) w.node = pod.nodeName;
   if (pod.hostNetwork) w.networkMode = NetworkMode.HOST_NETWORK;
-  if (services.length > 0) {
+  const only = services.length === 1 ? services[0]?.onlyService : undefined;
+  // A record keyed by a service name costs more to make than the rest of the workload.
+  if (only) w.services = only as Record<string, PortList>;
+  else if (services.length > 0) {
     const servicePorts: Record<string, PortList> = {};
-    const ordered = services.length > 1 ? [...services].sort((a, b) => (a.name < b.name ? -1 : 1)) : services;
-    for (const svc of ordered) servicePorts[serviceKey(svc, opts.domain)] = { ports: portsFor(svc, pod) };
+    const ordered =
+      services.length > 1
+        ? [...services].sort((a, b) => (a.service.name < b.service.name ? -1 : 1))
+        : services;
+    for (const s of ordered) servicePorts[s.key] = s.sharedPorts ?? { ports: portsFor(s.service, pod) };
     w.services = servicePorts;
   }
   if (policyKeys.length > 0) w.authorizationPolicies = [...policyKeys].sort();
@@ -190,3 +230,15 @@ export function buildService(svc: ClusterService, opts: IndexOptions): Service {
 /** Aliases of an address resource: `<network>/<ip>` per IP, what on-demand lookups match. */
 export const ipAliases = (ips: readonly string[]): string[] =>
   ips.filter((ip) => ipBytes(ip) !== undefined).map((ip) => `/${ip}`);
+
+const NO_ALIASES: readonly string[] = [];
+
+/**
+ * The aliases of `workload`, built from `pod`: none for a hostNetwork pod (its IP is the node's),
+ * else `ipAliases(pod.ips)` — without parsing the IPs again when buildWorkload kept all of them.
+ */
+export function workloadAliases(pod: ClusterPod, workload: Workload): readonly string[] {
+  if (pod.hostNetwork) return NO_ALIASES;
+  if (workload.addresses.length === pod.ips.length) return pod.ips.map((ip) => `/${ip}`);
+  return ipAliases(pod.ips);
+}
