@@ -15,6 +15,29 @@ import { buildFacts, ztunnelPodOn } from "./facts.js";
 import type { KernelFacts } from "./facts.js";
 import { isZtunnel, meshDecision } from "../cluster/membership.js";
 import type { AgentMetrics } from "./metrics.js";
+import { DEFAULT_PAIR_GRACE_MS } from "./pair.js";
+import type { PairPod, PairReply } from "./pair.js";
+import type { PairCaller } from "./pair-client.js";
+import { PairHolds } from "./pair-holds.js";
+import type { HeldPod } from "./pair-holds.js";
+import type { PairEndpoint } from "./pair-server.js";
+import { admitHold, pairedCpu } from "./pair-validate.js";
+import type { PodFacts } from "../netplan/facts.js";
+
+/** The pair channel as the agent uses it (see pair.ts); absent: the channel is off. */
+export interface PairChannelOptions {
+  /** Calls the paired DPU's agent (used while this node is a CPU). */
+  readonly caller: PairCaller;
+  /** How long a DPU captures a held pod the API has not confirmed; default 60 s. */
+  readonly graceMs?: number;
+  /** Told this node's topology entry on every sync: the DPU's listener follows it. */
+  readonly onSelf?: (self: TopologyNode | undefined) => void;
+  /** One line on the channel's state for status ("serving 192.168.50.131:15031"). */
+  readonly describe?: (self: TopologyNode | undefined) => string;
+}
+
+export const PAIR_CHANNEL_OFF =
+  "off: no pair key configured (--pair-key-file); a new meshed pod of a CPU may send its first connections in clear from its DPU until the DPU sees the pod's address in the API";
 
 export interface AgentOptions {
   readonly nodeName: string;
@@ -34,6 +57,9 @@ export interface AgentOptions {
   readonly resyncMs?: number;
   /** How long an ADD waits for the cluster source to show its pod. */
   readonly podWaitMs?: number;
+  readonly pair?: PairChannelOptions;
+  /** Clock of the held pods' grace period (tests move it). */
+  readonly now?: () => number;
 }
 
 export interface AgentStatus {
@@ -57,6 +83,17 @@ export interface AgentStatus {
   readonly failures: number;
   readonly driftRepairs: number;
   readonly members: readonly { readonly ip: string; readonly uid: string }[];
+  readonly pairChannel: {
+    readonly enabled: boolean;
+    readonly detail: string;
+    /** On a DPU: pods held for the paired CPU that the API has not confirmed yet. */
+    readonly held: readonly {
+      readonly uid: string;
+      readonly pod: string;
+      readonly ips: readonly string[];
+      readonly heldForMs: number;
+    }[];
+  };
   readonly notes: readonly string[];
 }
 
@@ -85,8 +122,11 @@ export class NodeAgent {
   private timer: NodeJS.Timeout | undefined;
   private unsubscribe: (() => void) | undefined;
   private stopped = false;
+  private readonly holds: PairHolds;
 
-  constructor(private readonly opts: AgentOptions) {}
+  constructor(private readonly opts: AgentOptions) {
+    this.holds = new PairHolds(opts.pair?.graceMs ?? DEFAULT_PAIR_GRACE_MS, opts.now ?? Date.now);
+  }
 
   async start(): Promise<void> {
     await this.opts.source.start();
@@ -136,8 +176,22 @@ export class NodeAgent {
       ...(this.lastApply ? { lastApply: this.lastApply } : {}),
       ...this.counts,
       members,
+      pairChannel: this.pairStatus(),
       notes: this.lastPlan?.notes ?? [],
     };
+  }
+
+  private pairStatus(): AgentStatus["pairChannel"] {
+    const now = (this.opts.now ?? Date.now)();
+    const held = this.holds.list().map((h) => ({
+      uid: h.uid,
+      pod: `${h.namespace}/${h.name}`,
+      ips: h.ips,
+      heldForMs: now - h.heldAt,
+    }));
+    const pair = this.opts.pair;
+    if (!pair) return { enabled: false, detail: PAIR_CHANNEL_OFF, held };
+    return { enabled: true, detail: pair.describe?.(this.self) ?? "on", held };
   }
 
   /** The handler of the CNI plugin's requests (served on the agent's unix socket). */
@@ -159,9 +213,13 @@ export class NodeAgent {
       return { ok: true, status: this.status() };
     }
     if (req.op === "del") {
-      this.markTornDown(req.pod);
+      const torn = this.markTornDown(req.pod);
       if (this.ztunnelNetns === req.pod.netns) this.ztunnelNetns = undefined;
       await this.sync("auto");
+      // Best effort and after the answer: a DPU that misses it drops the pod on its own resync. A
+      // pod the API already forgot is released by the uid the runtime passed.
+      const gone = torn.length === 0 && req.pod.uid ? [{ ...req.pod, uid: req.pod.uid }] : [];
+      for (const pod of [...torn.filter((p) => this.isMeshed(p)), ...gone]) void this.releaseOnDpu(pod);
       return { ok: true };
     }
     const pod = await this.waitForPod(req.pod.namespace, req.pod.name, req.pod.uid);
@@ -184,7 +242,7 @@ export class NodeAgent {
       this.cniAddresses.set(pod.uid, req.ips);
       // Capture this one pod first, then let a full plan confirm it in the background: the pod's
       // ADD waits only for its own ipset entry and route, not for a replan of every pod here.
-      if (!(await this.captureOne(pod))) await this.sync("auto");
+      if (!(await this.captureOnly([pod], []))) await this.sync("auto");
       // After the answer is written: the replan of every pod would otherwise delay it.
       else setImmediate(() => void this.sync("auto").catch(() => undefined));
     }
@@ -193,10 +251,14 @@ export class NodeAgent {
         ok: false,
         error: `node ${this.opts.nodeName} is not in the topology: ${this.topologyError ?? "unknown node"}`,
       };
-    const members = new Set(this.lastPlan?.host.ipsets.flatMap((s) => s.members.map((m) => m.ip)) ?? []);
+    const members = this.memberIps();
     const ips = req.ips.length > 0 ? req.ips : pod.ips;
     const missing = ips.filter((ip) => !members.has(ip.split("/")[0] ?? ip));
-    if (missing.length === 0 && ips.length > 0) return { ok: true, captured: true };
+    if (missing.length === 0 && ips.length > 0) {
+      if (req.op === "add" && this.self.role === "cpu" && this.opts.pair)
+        return this.holdOnDpu(this.opts.pair.caller, this.self, pod, ips);
+      return { ok: true, captured: true };
+    }
     const why = this.lastPlan?.notes.find((n) => n.includes(`${pod.namespace}/${pod.name}`));
     return {
       ok: false,
@@ -204,8 +266,127 @@ export class NodeAgent {
     };
   }
 
-  /** Add one pod to the applied state without replanning the others; false when it cannot. */
-  private captureOne(pod: ClusterPod): Promise<boolean> {
+  /**
+   * The CPU half of "the pair agrees before a pod speaks": the pod is captured here; its ADD
+   * succeeds only once the DPU holds it too, else it fails and the runtime retries the pod.
+   */
+  private async holdOnDpu(
+    caller: PairCaller,
+    self: TopologyNode,
+    pod: ClusterPod,
+    ips: readonly string[],
+  ): Promise<AgentResponse> {
+    const who = `pod ${pod.namespace}/${pod.name}`;
+    const dpu = self.partner ? this.topology?.byName.get(self.partner.name) : undefined;
+    if (!dpu) return { ok: false, error: `${who}: CPU node ${self.name} has no paired DPU to hold it` };
+    const held: PairPod = {
+      uid: pod.uid,
+      name: pod.name,
+      namespace: pod.namespace,
+      node: self.name,
+      ips: ips.map((ip) => ip.split("/")[0] ?? ip),
+    };
+    try {
+      await caller.hold({ from: self.ip, to: dpu }, held);
+      this.opts.metrics.pairCalls.inc({ op: "hold", result: "ok" });
+      return { ok: true, captured: true };
+    } catch (err) {
+      this.opts.metrics.pairCalls.inc({ op: "hold", result: "error" });
+      const error = `${who} is captured on ${self.name} but its DPU ${dpu.name} did not confirm holding it, so the pod must not start (fail closed; the runtime retries the pod): ${(err as Error).message}`;
+      this.opts.log.warn({ pod: `${pod.namespace}/${pod.name}`, dpu: dpu.name }, error);
+      return { ok: false, error };
+    }
+  }
+
+  private async releaseOnDpu(pod: { uid: string; namespace: string; name: string }): Promise<void> {
+    const self = this.self;
+    const caller = this.opts.pair?.caller;
+    const dpu = self?.partner ? this.topology?.byName.get(self.partner.name) : undefined;
+    if (!caller || !self || self.role !== "cpu" || !dpu) return;
+    try {
+      await caller.release({ from: self.ip, to: dpu }, pod.uid);
+      this.opts.metrics.pairCalls.inc({ op: "release", result: "ok" });
+    } catch (err) {
+      this.opts.metrics.pairCalls.inc({ op: "release", result: "error" });
+      this.opts.log.warn(
+        { pod: `${pod.namespace}/${pod.name}`, dpu: dpu.name, err: (err as Error).message },
+        "release on the DPU failed; its resync drops the pod",
+      );
+    }
+  }
+
+  /** The DPU half of the pair channel, served by pair-server.ts once a request passed its checks. */
+  pairEndpoint(): PairEndpoint {
+    return {
+      pairedCpu: () => pairedCpu(this.topology, this.opts.nodeName, this.topologyError),
+      hold: (cpu, pod) => this.holdForCpu(cpu, pod),
+      release: (cpu, uid) => this.releaseForCpu(cpu, uid),
+    };
+  }
+
+  private async holdForCpu(cpu: TopologyNode, pod: PairPod): Promise<PairReply> {
+    const cidrs = this.opts.source.snapshot().nodes.get(cpu.name)?.podCIDRs ?? [];
+    const admitted = admitHold(cpu, cidrs, pod);
+    if (!admitted.ok) return { ok: false, error: admitted.reason, retryable: admitted.retryable };
+    const held = this.holds.hold(admitted.pod);
+    this.opts.metrics.pairHeld.set(this.holds.size);
+    if (!(await this.captureOnly([], [heldFacts(held)]))) await this.sync("auto").catch(() => undefined);
+    else setImmediate(() => void this.sync("auto").catch(() => undefined));
+    const who = `pod ${pod.namespace}/${pod.name}`;
+    const members = this.memberIps();
+    const missing = held.ips.filter((ip) => !members.has(ip));
+    if (missing.length === 0)
+      return { ok: true, detail: `${who} is captured on ${this.opts.nodeName}`, captured: held.ips };
+    const why =
+      this.notReadyReason ??
+      this.lastApply?.error ??
+      this.lastPlan?.notes.find((n) => n.includes(`${pod.namespace}/${pod.name}`)) ??
+      "not in the plan";
+    return {
+      ok: false,
+      error: `${who}: ${missing.join(", ")} is not captured on ${this.opts.nodeName} yet: ${why}`,
+      retryable: true,
+    };
+  }
+
+  private async releaseForCpu(cpu: TopologyNode, uid: string): Promise<PairReply> {
+    const held = this.holds.release(uid);
+    this.opts.metrics.pairHeld.set(this.holds.size);
+    const api = this.opts.source.snapshot().pods.get(uid);
+    // The sandbox is gone on the CPU, whatever the API still shows (as a CNI DEL on the CPU itself).
+    const known = api !== undefined && api.nodeName === cpu.name;
+    if (known) this.cniAddresses.set(uid, []);
+    if (!held && !known) return { ok: true, detail: `pod uid ${uid} is not held on ${this.opts.nodeName}` };
+    await this.sync("auto").catch(() => undefined);
+    const name = held ? `${held.namespace}/${held.name}` : `${api?.namespace}/${api?.name}`;
+    return { ok: true, detail: `pod ${name} released on ${this.opts.nodeName}` };
+  }
+
+  private memberIps(): Set<string> {
+    return new Set(this.lastPlan?.host.ipsets.flatMap((s) => s.members.map((m) => m.ip)) ?? []);
+  }
+
+  private isMeshed(pod: ClusterPod): boolean {
+    return meshDecision(pod, this.opts.source.snapshot().namespaces.get(pod.namespace)).meshed;
+  }
+
+  /** Drop holds the API confirmed, contradicted, or left unconfirmed past the grace period. */
+  private reviewHolds(): void {
+    if (this.holds.size === 0) return;
+    const pods = this.opts.source.snapshot().pods;
+    for (const { hold, verdict } of this.holds.review((uid) => pods.get(uid))) {
+      const fields = { pod: `${hold.namespace}/${hold.name}`, uid: hold.uid, ips: hold.ips };
+      if (verdict.state === "confirmed") this.opts.log.info(fields, "held pod confirmed by the API");
+      else this.opts.log.warn({ ...fields, reason: verdict.reason }, "held pod dropped");
+    }
+    this.opts.metrics.pairHeld.set(this.holds.size);
+  }
+
+  /**
+   * Add pods to the applied state without replanning the others: API pods (a CPU's own new pod)
+   * or pods held for the paired CPU; false when it cannot.
+   */
+  private captureOnly(pods: readonly ClusterPod[], held: readonly PodFacts[]): Promise<boolean> {
     return this.serialize(async () => {
       const { topology, self, kernel, lastPlan } = this;
       if (!topology || !self || !kernel || !lastPlan) return false;
@@ -215,7 +396,8 @@ export class NodeAgent {
         snapshot: this.opts.source.snapshot(),
         kernel,
         cniAddresses: this.cniAddresses,
-        onlyPods: [pod],
+        onlyPods: pods,
+        heldPods: held,
         ...(this.opts.clusterPodCIDRs ? { clusterPodCIDRs: this.opts.clusterPodCIDRs } : {}),
       });
       const outcome = planNode(topology, self.name, facts, this.opts.conflistOptions);
@@ -243,7 +425,10 @@ export class NodeAgent {
       void this.sync("full").catch(() => undefined);
       return;
     }
-    if (event.kind === "pod" && event.type === "delete") this.cniAddresses.delete(event.object.uid);
+    if (event.kind === "pod" && event.type === "delete") {
+      this.cniAddresses.delete(event.object.uid);
+      this.holds.markDeleted(event.object.uid);
+    }
     if (event.kind === "service" || event.kind === "policy") return; // not the node's business
     void this.sync("auto").catch(() => undefined);
   }
@@ -294,6 +479,8 @@ export class NodeAgent {
     const started = performance.now();
     const topology = this.topology;
     const self = this.self;
+    this.opts.pair?.onSelf?.(self);
+    this.reviewHolds();
     if (!topology || !self) {
       this.notReadyReason = topology
         ? `node ${this.opts.nodeName} is not declared in ${topology.file}; nothing is planned for it`
@@ -313,6 +500,7 @@ export class NodeAgent {
       snapshot: this.opts.source.snapshot(),
       kernel: this.kernel,
       cniAddresses: this.cniAddresses,
+      heldPods: this.holds.list().map(heldFacts),
       ...(this.opts.clusterPodCIDRs ? { clusterPodCIDRs: this.opts.clusterPodCIDRs } : {}),
     });
     const outcome = planNode(topology, self.name, facts, this.opts.conflistOptions);
@@ -421,8 +609,9 @@ export class NodeAgent {
     return pod;
   }
 
-  /** After a DEL the pod has no network here, whatever the API still shows. */
-  private markTornDown(ref: { namespace: string; name: string; uid?: string }): void {
+  /** After a DEL the pod has no network here, whatever the API still shows. Returns the pods. */
+  private markTornDown(ref: { namespace: string; name: string; uid?: string }): ClusterPod[] {
+    const torn: ClusterPod[] = [];
     for (const pod of this.opts.source.snapshot().pods.values()) {
       if (
         (ref.uid ? pod.uid === ref.uid : true) &&
@@ -430,7 +619,21 @@ export class NodeAgent {
         pod.name === ref.name
       ) {
         this.cniAddresses.set(pod.uid, []);
+        torn.push(pod);
       }
     }
+    return torn;
   }
+}
+
+/** A held pod as the planner sees it: a meshed pod of the paired CPU. */
+function heldFacts(held: HeldPod): PodFacts {
+  return {
+    uid: held.uid,
+    name: held.name,
+    namespace: held.namespace,
+    node: held.node,
+    ips: [...held.ips],
+    hostNetwork: false,
+  };
 }

@@ -29,6 +29,11 @@ export interface FactsInputs {
   readonly clusterPodCIDRs?: readonly string[];
   /** Consider only these pods (the agent's fast path for one new pod); default: all. */
   readonly onlyPods?: readonly ClusterPod[];
+  /**
+   * Pods the paired CPU told this DPU about that the API has not confirmed yet (the pair
+   * channel). They count as meshed pods of the CPU and win over what the API shows for their uid.
+   */
+  readonly heldPods?: readonly PodFacts[];
 }
 
 /** Annotation on a ztunnel pod asking for DNS capture (upstream: ISTIO_META_DNS_CAPTURE). */
@@ -59,7 +64,10 @@ export function buildFacts(input: FactsInputs): NodeFacts {
     nodes,
     ...ztunnelFacts(input),
     tunnel: kernel.tunnel,
-    pods: meshedPods(snapshot, input.onlyPods ?? [...snapshot.pods.values()], input.cniAddresses),
+    pods: withHeld(
+      meshedPods(snapshot, input.onlyPods ?? [...snapshot.pods.values()], input.cniAddresses),
+      input.heldPods ?? [],
+    ),
   };
 }
 
@@ -93,6 +101,12 @@ export function ztunnelPodOn(snapshot: ClusterSnapshot, node: string): ClusterPo
     )
     .sort((a, b) => a.uid.localeCompare(b.uid))
     .at(-1);
+}
+
+function withHeld(pods: PodFacts[], held: readonly PodFacts[]): PodFacts[] {
+  if (held.length === 0) return pods;
+  const uids = new Set(held.map((p) => p.uid));
+  return [...pods.filter((p) => !uids.has(p.uid)), ...held];
 }
 
 function meshedPods(

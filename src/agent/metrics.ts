@@ -42,4 +42,21 @@ export class AgentMetrics {
     labelNames: ["op", "result"] as const,
     registers: [this.registry],
   });
+  readonly pairCalls = new Counter({
+    name: "offmesh_agent_pair_calls_total",
+    help: "Calls of a CPU agent to its DPU's agent over the pair channel, by operation and result",
+    labelNames: ["op", "result"] as const,
+    registers: [this.registry],
+  });
+  readonly pairRequests = new Counter({
+    name: "offmesh_agent_pair_requests_total",
+    help: "Pair-channel requests a DPU agent answered, by operation and result (ok, refused)",
+    labelNames: ["op", "result"] as const,
+    registers: [this.registry],
+  });
+  readonly pairHeld = new Gauge({
+    name: "offmesh_agent_pair_held_pods",
+    help: "Pods a DPU holds for its CPU that the API has not confirmed yet",
+    registers: [this.registry],
+  });
 }
