@@ -1,14 +1,17 @@
 import { join } from "node:path";
 import type { Command } from "commander";
 import { InvalidArgumentError } from "commander";
+import { pino } from "pino";
 import type { AgentStatus } from "../agent/agent.js";
 import { startDaemon } from "../agent/daemon.js";
+import type { DaemonOptions } from "../agent/daemon.js";
 import { acquireLock } from "../agent/lock.js";
 import { DEFAULT_AGENT_SOCKET } from "../cni/protocol.js";
 import { callAgent } from "../cni/socket.js";
 import { Runner } from "../netapply/exec.js";
 import { Reconciler } from "../netapply/reconciler.js";
 import type { TunnelKind } from "../netplan/types.js";
+import { clusterInput, labSourceFor } from "./lab-api.js";
 import { EXIT } from "./output.js";
 import type { Io } from "./output.js";
 
@@ -16,8 +19,9 @@ export const DEFAULT_STATE_DIR = "/var/lib/offmesh";
 
 interface RunFlags {
   node: string;
-  clusterState: string;
-  clusterConf: string;
+  clusterState?: string;
+  clusterConf?: string;
+  clusterApi?: string;
   netns?: string;
   stateDir: string;
   socket: string;
@@ -28,6 +32,10 @@ interface RunFlags {
   iptables?: "nft" | "legacy";
   resync: number;
   metricsAddr?: string;
+  pairKeyFile?: string;
+  pairPort: number;
+  pairTimeout: number;
+  pairGrace: number;
 }
 
 export function addAgentCommands(program: Command, io: Io, setExit: (code: number) => void): void {
@@ -39,11 +47,12 @@ export function addAgentCommands(program: Command, io: Io, setExit: (code: numbe
     .command("run", { isDefault: true })
     .description("run the node agent (the default)")
     .requiredOption("--node <name>", "this node's name, as in cluster-conf.yaml")
-    .requiredOption(
-      "--cluster-state <file>",
-      "cluster state file (nodes, namespaces, pods) the agent watches",
+    .option("--cluster-state <file>", "cluster state file (nodes, namespaces, pods) the agent watches")
+    .option("--cluster-conf <file>", "cluster-conf.yaml, watched for changes (with --cluster-state)")
+    .option(
+      "--cluster-api <socket>",
+      "watch the lab API server instead (excludes --cluster-state/--cluster-conf)",
     )
-    .requiredOption("--cluster-conf <file>", "cluster-conf.yaml, watched for changes")
     .option("--netns <path>", "network namespace of the node (default: the agent's own)")
     .option("--state-dir <dir>", "lock and records of changed sysctls", DEFAULT_STATE_DIR)
     .option("--socket <path>", "unix socket for the offmesh-cni plugin", DEFAULT_AGENT_SOCKET)
@@ -57,6 +66,23 @@ export function addAgentCommands(program: Command, io: Io, setExit: (code: numbe
     .option("--iptables <mode>", "nft | legacy (default: detected)", parseMode)
     .option("--resync <seconds>", "full resync period", parsePositive, 30)
     .option("--metrics-addr <host:port>", "serve /metrics, /healthz and /status", "127.0.0.1:15030")
+    .option(
+      "--pair-key-file <file>",
+      "key shared by a CPU's and its DPU's agents (pair channel; off without)",
+    )
+    .option("--pair-port <port>", "TCP port of the pair channel on a DPU's node address", parsePort, 15031)
+    .option(
+      "--pair-timeout <seconds>",
+      "how long a CPU's pod ADD waits for its DPU to hold the pod",
+      parsePositive,
+      5,
+    )
+    .option(
+      "--pair-grace <seconds>",
+      "how long a DPU captures a held pod the API has not confirmed",
+      parsePositive,
+      60,
+    )
     .action(async (flags: RunFlags) => setExit(await runAgent(io, flags)));
 
   agent
@@ -90,10 +116,22 @@ export function addAgentCommands(program: Command, io: Io, setExit: (code: numbe
 }
 
 async function runAgent(io: Io, flags: RunFlags): Promise<number> {
-  const daemon = await startDaemon({
+  const input = clusterInput(flags);
+  if ("error" in input) {
+    io.err(`error: ${input.error}\n`);
+    return EXIT.usage;
+  }
+  const log =
+    input.kind === "api"
+      ? pino({ name: "offmesh-agent", base: { node: flags.node } }, pino.destination(2))
+      : undefined;
+  const source = input.kind === "api" && log ? labSourceFor(input.socket, log) : undefined;
+  const options: DaemonOptions = {
     nodeName: flags.node,
-    clusterState: flags.clusterState,
-    clusterConf: flags.clusterConf,
+    // Unused when the cluster comes from the lab API: the daemon reads files only without a source.
+    clusterState: input.kind === "files" ? input.clusterState : "",
+    clusterConf: input.kind === "files" ? input.clusterConf : "",
+    ...(log ? { log } : {}),
     ...(flags.netns ? { netns: flags.netns } : {}),
     stateDir: flags.stateDir,
     socketPath: flags.socket,
@@ -104,7 +142,12 @@ async function runAgent(io: Io, flags: RunFlags): Promise<number> {
     ...(flags.iptables ? { iptablesMode: flags.iptables } : {}),
     resyncMs: flags.resync * 1000,
     ...(flags.metricsAddr ? { metricsAddr: flags.metricsAddr } : {}),
-  });
+    ...(flags.pairKeyFile ? { pairKeyFile: flags.pairKeyFile } : {}),
+    pairPort: flags.pairPort,
+    pairTimeoutMs: flags.pairTimeout * 1000,
+    pairGraceMs: flags.pairGrace * 1000,
+  };
+  const daemon = await startDaemon(options, source);
   const status = daemon.agent.status();
   io.err(
     `offmesh agent on ${flags.node}: role ${status.role}, ${status.ready ? "ready" : `not ready (${status.notReadyReason ?? ""})`}\n`,
@@ -161,6 +204,13 @@ export function formatStatus(s: AgentStatus, all: boolean): string {
     `applies       ${s.applies} (${s.failures} failed), drift repairs ${s.driftRepairs}`,
     `members       ${s.members.length}`,
   );
+  const held = s.pairChannel?.held.length ?? 0;
+  if (s.pairChannel)
+    lines.splice(
+      lines.length - 1,
+      0,
+      `pair channel  ${s.pairChannel.detail}${held > 0 ? `; ${held} held pod(s) awaiting the API` : ""}`,
+    );
   const shown = all ? s.members : s.members.slice(0, 20);
   for (const m of shown) lines.push(`  ${m.ip.padEnd(18)} ${m.uid}`);
   if (shown.length < s.members.length) lines.push(`  … ${s.members.length - shown.length} more (--all)`);
@@ -197,6 +247,13 @@ function parseTunnel(v: string): TunnelKind {
 function parseMode(v: string): "nft" | "legacy" {
   if (v === "nft" || v === "legacy") return v;
   throw new InvalidArgumentError("expected nft or legacy");
+}
+
+function parsePort(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 65535)
+    throw new InvalidArgumentError("expected a TCP port (1-65535)");
+  return n;
 }
 
 function parsePositive(v: string): number {

@@ -2,20 +2,23 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { InvalidArgumentError, Option } from "commander";
+import { pino } from "pino";
 import { issueProxyToken, loadOrCreateTokenKey, serviceAccountSubject } from "../controlplane/auth/tokens.js";
 import { DEFAULT_TRUSTED_NODE_PROXY_ACCOUNTS } from "../controlplane/ca/authorize.js";
 import { ROOT_CERT_FILE } from "../controlplane/ca/root.js";
 import { DEFAULT_TOKEN_AUDIENCES, KubeconfigError } from "../controlplane/auth/tokenreview.js";
 import { caDir, startControlPlane } from "../controlplane/daemon.js";
-import type { RunningControlPlane } from "../controlplane/daemon.js";
+import type { ControlPlaneDaemonOptions, RunningControlPlane } from "../controlplane/daemon.js";
+import { clusterInput, labSourceFor } from "./lab-api.js";
 import { EXIT } from "./output.js";
 import type { Io } from "./output.js";
 
 export const DEFAULT_CP_STATE_DIR = "/var/lib/offmesh/controlplane";
 
 interface RunFlags {
-  clusterState: string;
-  clusterConf: string;
+  clusterState?: string;
+  clusterConf?: string;
+  clusterApi?: string;
   stateDir: string;
   listen: string;
   httpAddr: string;
@@ -36,11 +39,12 @@ export function addControlPlaneCommands(program: Command, io: Io, setExit: (code
 
   cp.command("run", { isDefault: true })
     .description("run the control plane (the default)")
-    .requiredOption(
-      "--cluster-state <file>",
-      "cluster state file (nodes, namespaces, pods, services, policies)",
+    .option("--cluster-state <file>", "cluster state file (nodes, namespaces, pods, services, policies)")
+    .option("--cluster-conf <file>", "cluster-conf.yaml, watched for changes (with --cluster-state)")
+    .option(
+      "--cluster-api <socket>",
+      "watch the lab API server instead (excludes --cluster-state/--cluster-conf)",
     )
-    .requiredOption("--cluster-conf <file>", "cluster-conf.yaml, watched for changes")
     .option("--state-dir <dir>", "CA root and token key, created on first start", DEFAULT_CP_STATE_DIR)
     .option("--listen <host:port>", "xDS and CA over TLS", "127.0.0.1:15012")
     .option(
@@ -126,15 +130,24 @@ export function addControlPlaneCommands(program: Command, io: Io, setExit: (code
 }
 
 async function run(io: Io, flags: RunFlags): Promise<number> {
+  const input = clusterInput(flags);
+  if ("error" in input) {
+    io.err(`error: ${input.error}\n`);
+    return EXIT.usage;
+  }
   if (flags.proxyAuth !== "kubernetes" && (flags.kubeconfig || flags.tokenAudience)) {
     io.err("error: --kubeconfig and --token-audience need --proxy-auth kubernetes\n");
     return EXIT.usage;
   }
+  const log = input.kind === "api" ? pino({ name: "offmesh-controlplane" }, pino.destination(2)) : undefined;
+  const source = input.kind === "api" && log ? labSourceFor(input.socket, log) : undefined;
   let running: RunningControlPlane;
   try {
-    running = await startControlPlane({
-      clusterState: flags.clusterState,
-      clusterConf: flags.clusterConf,
+    const options: ControlPlaneDaemonOptions = {
+      // Unused when the cluster comes from the lab API: the daemon reads files only without a source.
+      clusterState: input.kind === "files" ? input.clusterState : "",
+      clusterConf: input.kind === "files" ? input.clusterConf : "",
+      ...(log ? { log } : {}),
       stateDir: flags.stateDir,
       listen: flags.listen,
       httpAddr: flags.httpAddr,
@@ -153,7 +166,8 @@ async function run(io: Io, flags: RunFlags): Promise<number> {
               ...(flags.tokenAudience ? { audiences: flags.tokenAudience } : {}),
             }
           : { kind: "lab" },
-    });
+    };
+    running = await startControlPlane(options, source ? { source } : {});
   } catch (err) {
     if (err instanceof KubeconfigError) {
       io.err(`error: --kubeconfig: ${err.message}\n`);

@@ -5,6 +5,8 @@ import { EXIT, processIo } from "./output.js";
 import type { Io } from "./output.js";
 import { renderCommand } from "./render.js";
 import { validateCommand } from "./validate.js";
+import { addZtunnelCommands } from "./ztunnel.js";
+import { addLabCommands } from "./lab.js";
 
 /** Build the `offmesh` command. Every action resolves to an exit code; nothing calls process.exit. */
 export function buildProgram(io: Io, setExit: (code: number) => void): Command {
@@ -37,6 +39,8 @@ export function buildProgram(io: Io, setExit: (code: number) => void): Command {
 
   addAgentCommands(program, io, setExit);
   addControlPlaneCommands(program, io, setExit);
+  addZtunnelCommands(program, io, setExit);
+  addLabCommands(program, io, setExit);
   return program;
 }
 

@@ -136,8 +136,16 @@ export class MemoryClusterSource implements ClusterSource {
   upsertService(svc: ClusterService): void {
     this.emit({ kind: "service", type: "upsert", object: svc });
   }
+  deleteService(namespace: string, name: string): void {
+    const svc = this.state.services.get(serviceKey({ namespace, name }));
+    if (svc) this.emit({ kind: "service", type: "delete", object: svc });
+  }
   upsertPolicy(policy: ClusterPolicy): void {
     this.emit({ kind: "policy", type: "upsert", object: policy });
+  }
+  deletePolicy(namespace: string, name: string): void {
+    const policy = this.state.policies.get(serviceKey({ namespace, name }));
+    if (policy) this.emit({ kind: "policy", type: "delete", object: policy });
   }
   setTopology(topology: ClusterTopology): void {
     this.emit({ kind: "topology", type: "upsert", object: topology });

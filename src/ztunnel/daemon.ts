@@ -1,0 +1,226 @@
+import type { Server } from "node:http";
+import { pino } from "pino";
+import type { Logger } from "pino";
+import { collectDefaultMetrics, Registry } from "prom-client";
+import { DeltaAdsClient } from "../xds/client.js";
+import { CertificateManager } from "./identity/certificates.js";
+import { createGrpcCertificateSigner } from "./identity/ca-client.js";
+import { adminHandler, metricsHandler, readinessHandler, serveHttp } from "./admin.js";
+import type { HboneSettings } from "./hbone/settings.js";
+import { Ztunnel, ZTUNNEL_MARKS } from "./proxy/ztunnel.js";
+import type { ZTUNNEL_PORTS } from "./proxy/plan.js";
+import { ZtunnelState } from "./state/index.js";
+import { createZtunnelMetrics, observeXdsClient } from "./telemetry/index.js";
+import type { ZtunnelMetrics } from "./telemetry/index.js";
+
+// One ztunnel process: xDS state, certificates, the data path and its HTTP endpoints, wired.
+
+export interface ZtunnelDaemonOptions {
+  /** host:port of the control plane (xDS and CA). */
+  readonly xdsAddress: string;
+  /** PEM of the mesh root: verifies the control plane and every peer. */
+  readonly rootCaPem: string;
+  /** Name the control plane's certificate is checked against, when not the address's host. */
+  readonly serverName?: string;
+  /** The proxy's credential, read before every stream and CSR (a rotated token file is picked up). */
+  readonly token: () => string | Promise<string>;
+  /** The node this ztunnel's pod runs on. */
+  readonly node: string;
+  readonly podName: string;
+  readonly podNamespace: string;
+  readonly podIp: string;
+  readonly trustDomain: string;
+  readonly clusterId?: string;
+  readonly domain?: string;
+  /** host:port, or undefined for none. Upstream: 127.0.0.1:15000, :15020, :15021. */
+  readonly adminAddr?: string;
+  readonly metricsAddr?: string;
+  readonly readinessAddr?: string;
+  readonly netnsPath?: string;
+  readonly listenAddress?: string;
+  readonly ports?: Partial<typeof ZTUNNEL_PORTS>;
+  readonly certificateLifetimeSeconds?: number;
+  /** How long /quitquitquit lets open connections finish. Default 30 s. */
+  readonly drainTimeoutMs?: number;
+  readonly connectTimeoutMs?: number;
+  readonly idleTimeoutMs?: number;
+  readonly hbone?: Partial<HboneSettings>;
+  readonly log?: Logger;
+  readonly accessLog?: Logger;
+}
+
+export interface RunningZtunnel {
+  readonly ztunnel: Ztunnel;
+  readonly state: ZtunnelState;
+  readonly certificates: CertificateManager;
+  readonly xds: DeltaAdsClient;
+  readonly metrics: ZtunnelMetrics;
+  readonly adminUrl?: string;
+  readonly metricsUrl?: string;
+  readonly readinessUrl?: string;
+  /** Resolves once the first configuration arrived and the listeners are bound. */
+  readonly ready: Promise<void>;
+  /** Resolves when /quitquitquit (or drain()) has finished draining. */
+  readonly stopped: Promise<void>;
+  configDump(): Record<string, unknown>;
+  /** Stop accepting, let open connections finish (up to the drain timeout), then stop. */
+  drain(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function startZtunnel(opts: ZtunnelDaemonOptions): Promise<RunningZtunnel> {
+  const log = opts.log ?? pino({ name: "ztunnel" }, pino.destination(2));
+  const accessLog = opts.accessLog ?? log.child({ target: "access" });
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const metrics = createZtunnelMetrics(registry);
+  const state = new ZtunnelState({ node: opts.node });
+  const domain = opts.domain ?? "cluster.local";
+  const xds = new DeltaAdsClient({
+    target: opts.xdsAddress,
+    credentials: { kind: "tls", rootCa: opts.rootCaPem, ...(opts.serverName ? { serverName: opts.serverName } : {}) },
+    token: opts.token,
+    ...(opts.clusterId ? { clusterId: opts.clusterId } : {}),
+    node: {
+      id: `ztunnel~${opts.podIp}~${opts.podName}.${opts.podNamespace}~${opts.podNamespace}.svc.${domain}`,
+      metadata: { NODE_NAME: opts.node, NAME: opts.podName, NAMESPACE: opts.podNamespace, INSTANCE_IPS: opts.podIp },
+    },
+    types: state.watchedTypes(),
+  });
+  const stopObserving = observeXdsClient(metrics, xds);
+  xds.on("disconnected", (info) =>
+    log.warn({ code: info.code, details: info.details, retryInMs: info.retryInMs }, "xDS stream ended; keeping the last configuration"),
+  );
+  const signer = createGrpcCertificateSigner({
+    target: opts.xdsAddress,
+    rootCaPem: opts.rootCaPem,
+    ...(opts.serverName ? { serverName: opts.serverName } : {}),
+    token: opts.token,
+  });
+  const certificates = new CertificateManager({
+    signer: signer.sign,
+    trustDomain: opts.trustDomain,
+    roots: opts.rootCaPem,
+    ...(opts.certificateLifetimeSeconds ? { lifetimeSeconds: opts.certificateLifetimeSeconds } : {}),
+    log,
+  });
+  const ztunnel = new Ztunnel({
+    state,
+    certificates,
+    trustDomain: opts.trustDomain,
+    rootsPem: opts.rootCaPem,
+    metrics,
+    log,
+    accessLog,
+    ...(opts.netnsPath ? { netnsPath: opts.netnsPath } : {}),
+    ...(opts.listenAddress ? { listenAddress: opts.listenAddress } : {}),
+    ...(opts.ports ? { ports: opts.ports } : {}),
+    ...(opts.connectTimeoutMs !== undefined ? { connectTimeoutMs: opts.connectTimeoutMs } : {}),
+    ...(opts.idleTimeoutMs !== undefined ? { idleTimeoutMs: opts.idleTimeoutMs } : {}),
+    ...(opts.hbone ? { hbone: opts.hbone } : {}),
+  });
+
+  const servers: Server[] = [];
+  let xdsSynced = false;
+  let listening = false;
+  const ready = xds.ready.then(() => {
+    xdsSynced = true;
+  });
+  ready.catch(() => undefined);
+
+  let resolveStopped: () => void = () => undefined;
+  const stopped = new Promise<void>((r) => (resolveStopped = r));
+  let stopping: Promise<void> | undefined;
+  const shutdown = (drainMs: number): Promise<void> => {
+    stopping ??= (async () => {
+      log.info({ drainMs, open: ztunnel.stats().open }, "ztunnel draining");
+      await ztunnel.drain(drainMs);
+      stopObserving();
+      xds.close();
+      signer.close();
+      certificates.close();
+      await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+      log.info("ztunnel stopped");
+      resolveStopped();
+    })();
+    return stopping;
+  };
+  const drainTimeoutMs = opts.drainTimeoutMs ?? 30_000;
+
+  const configDump = (): Record<string, unknown> => ({
+    ...state.configDump(),
+    certificates: certificates.dump(),
+    config: {
+      node: opts.node,
+      pod: `${opts.podNamespace}/${opts.podName}`,
+      podIp: opts.podIp,
+      trustDomain: opts.trustDomain,
+      xdsAddress: opts.xdsAddress,
+      marks: ZTUNNEL_MARKS,
+    },
+    connections: ztunnel.stats(),
+    xds: xds.stats(),
+  });
+
+  let adminUrl: string | undefined;
+  let metricsUrl: string | undefined;
+  let readinessUrl: string | undefined;
+  try {
+    await ztunnel.start();
+    listening = true;
+    if (opts.adminAddr) {
+      const s = await serveHttp(
+        opts.adminAddr,
+        "--admin-addr",
+        adminHandler({ configDump, quit: () => void shutdown(drainTimeoutMs) }),
+      );
+      servers.push(s.server);
+      adminUrl = s.url;
+    }
+    if (opts.metricsAddr) {
+      const s = await serveHttp(opts.metricsAddr, "--metrics-addr", metricsHandler(registry));
+      servers.push(s.server);
+      metricsUrl = s.url;
+    }
+    if (opts.readinessAddr) {
+      const s = await serveHttp(
+        opts.readinessAddr,
+        "--readiness-addr",
+        readinessHandler({
+          pending: () => [
+            ...(xdsSynced ? [] : ["state manager (waiting for the first configuration)"]),
+            ...(listening && !ztunnel.stats().draining ? [] : ["proxy"]),
+          ],
+        }),
+      );
+      servers.push(s.server);
+      readinessUrl = s.url;
+    }
+  } catch (err) {
+    xds.close();
+    signer.close();
+    certificates.close();
+    await ztunnel.close();
+    await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    throw err;
+  }
+  log.info(
+    { node: opts.node, pod: `${opts.podNamespace}/${opts.podName}`, xds: opts.xdsAddress, admin: adminUrl, metrics: metricsUrl },
+    "ztunnel started",
+  );
+  return {
+    ztunnel,
+    state,
+    certificates,
+    xds,
+    metrics,
+    ...(adminUrl ? { adminUrl } : {}),
+    ...(metricsUrl ? { metricsUrl } : {}),
+    ...(readinessUrl ? { readinessUrl } : {}),
+    ready,
+    stopped,
+    configDump,
+    drain: () => shutdown(drainTimeoutMs),
+    stop: () => shutdown(0),
+  };
+}
