@@ -9,7 +9,7 @@ import type { ClientConnection, ConnectSocket } from "./connection.js";
 import { errorText, HboneConnectionError, HboneDialError } from "./errors.js";
 import type { SocketAddress } from "./headers.js";
 import { ConnectionPool, poolKey } from "./pool.js";
-import type { PoolStats } from "./pool.js";
+import type { Lease, PoolStats } from "./pool.js";
 import { resolveHboneSettings } from "./settings.js";
 import type { HboneSettings } from "./settings.js";
 import { chainFingerprint, CredentialCache, hboneContextOptions } from "./tls.js";
@@ -122,7 +122,7 @@ export class HboneClient {
       ...(req.source.sourceIp !== undefined ? { sourceIp: req.source.sourceIp } : {}),
     });
     for (let tries = 1; ; tries++) {
-      let lease;
+      let lease: Lease;
       try {
         lease = await this.pool.acquire(key, () => this.open(req));
       } catch (e) {
@@ -204,7 +204,7 @@ export class HboneClient {
       };
       const onError = (e: Error): void => fail(this.streamFailure(conn, stream, req, e));
       const onClose = (): void => fail(this.streamFailure(conn, stream, req, undefined));
-      stream.on("response", onResponse);
+      stream.once("response", onResponse);
       stream.once("error", onError);
       stream.once("close", onClose);
     });
@@ -229,7 +229,13 @@ export class HboneClient {
         e,
       );
     }
-    const error = dialError(req, "h2", `the stream closed before an answer (code ${stream.rstCode})${detail}`, undefined, e);
+    const error = dialError(
+      req,
+      "h2",
+      `the stream closed before an answer (code ${stream.rstCode})${detail}`,
+      undefined,
+      e,
+    );
     return stream.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM ? new RefusedStream(error) : error;
   }
 

@@ -1,6 +1,12 @@
 // HBONE: HTTP/2 CONNECT over mutual TLS between ztunnels (see docs/hbone.md).
 export { HboneClient } from "./client.js";
-export type { HboneClientOptions, HboneDialRequest, HboneSource, HboneStream, HboneStreamInfo } from "./client.js";
+export type {
+  HboneClientOptions,
+  HboneDialRequest,
+  HboneSource,
+  HboneStream,
+  HboneStreamInfo,
+} from "./client.js";
 export { defaultConnectSocket } from "./connection.js";
 export type { ConnectSocket } from "./connection.js";
 export { HboneDialError, isHboneDialError } from "./errors.js";
@@ -37,7 +43,7 @@ export type {
 } from "./server.js";
 export { DEFAULT_HBONE_SETTINGS, resolveHboneSettings } from "./settings.js";
 export type { HboneSettings } from "./settings.js";
-export { splice } from "./splice.js";
+export { splice, SpliceAbortError } from "./splice.js";
 export type { SpliceResult } from "./splice.js";
 export { certificateIdentity, HBONE_ALPN, HBONE_TLS_CIPHERS, HBONE_TLS_VERSION } from "./tls.js";
 export type { CertificateIdentity, WorkloadCredential } from "./tls.js";

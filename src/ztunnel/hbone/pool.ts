@@ -124,7 +124,11 @@ export class ConnectionPool {
     await Promise.all(closing);
   }
 
-  private async setUp(k: PoolKey, entry: Entry, open: () => Promise<ClientConnection>): Promise<ClientConnection> {
+  private async setUp(
+    k: PoolKey,
+    entry: Entry,
+    open: () => Promise<ClientConnection>,
+  ): Promise<ClientConnection> {
     this.connecting++;
     try {
       const conn = await open();
@@ -148,7 +152,9 @@ export class ConnectionPool {
     // waited for it, then goes.
     if (this.currentFingerprint.get(k.family) !== k.fingerprint) conn.retired = true;
     const { session } = conn;
-    session.on("error", (e: Error) => this.log.debug({ err: e, peer: conn.peerIdentity }, "HBONE connection failed"));
+    session.on("error", (e: Error) =>
+      this.log.debug({ err: e, peer: conn.peerIdentity }, "HBONE connection failed"),
+    );
     // GOAWAY(NO_ERROR) makes Node close the session gracefully; other codes destroy it.
     session.on("goaway", (code: number) => {
       this.log.debug({ peer: conn.peerIdentity, code }, "HBONE connection got GOAWAY");

@@ -175,7 +175,10 @@ export class HboneServer {
     try {
       server = this.tlsServers.get(local, cred, rootsPem, (c, roots) => this.tlsServer(c, roots));
     } catch (e) {
-      this.log.error({ err: e, localAddress: local }, "HBONE connection closed: the workload credential is unusable");
+      this.log.error(
+        { err: e, localAddress: local },
+        "HBONE connection closed: the workload credential is unusable",
+      );
       socket.destroy();
       return;
     }
@@ -226,7 +229,9 @@ export class HboneServer {
     const found = cert ? certificateIdentity(cert.raw) : { error: "the client presented no certificate" };
     if ("error" in found) return refuse(`client certificate: ${found.error}`);
     if (found.id.trustDomain !== this.opts.trustDomain) {
-      return refuse(`the client's trust domain is not ${this.opts.trustDomain}`, { identity: found.identity });
+      return refuse(`the client's trust domain is not ${this.opts.trustDomain}`, {
+        identity: found.identity,
+      });
     }
 
     const session = http2.performServerHandshake(socket, {
@@ -248,7 +253,9 @@ export class HboneServer {
       port: socket.remotePort ?? 0,
     };
     const localPort = socket.localPort ?? 0;
-    session.on("error", (e: Error) => this.log.debug({ err: e, peer: peer.identity }, "HBONE session failed"));
+    session.on("error", (e: Error) =>
+      this.log.debug({ err: e, peer: peer.identity }, "HBONE session failed"),
+    );
     session.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) =>
       this.onStream(stream, headers, peer, localAddress, localPort),
     );
@@ -274,7 +281,8 @@ export class HboneServer {
     });
     stream.on("error", (e: Error) => this.log.debug({ err: e, peer: peer.identity }, "HBONE stream failed"));
     const method = headers[":method"];
-    if (method !== "CONNECT") return this.refuse(stream, 400, `method ${String(method)} is not CONNECT`, peer);
+    if (method !== "CONNECT")
+      return this.refuse(stream, 400, `method ${String(method)} is not CONNECT`, peer);
     const authority = headers[":authority"];
     const target = typeof authority === "string" ? parseAuthority(authority) : undefined;
     if (authority === undefined || target === undefined) {
@@ -312,7 +320,12 @@ export class HboneServer {
     );
   }
 
-  private refuse(stream: http2.ServerHttp2Stream, status: 400 | 401 | 503, reason: string, peer: HbonePeer): void {
+  private refuse(
+    stream: http2.ServerHttp2Stream,
+    status: 400 | 401 | 503,
+    reason: string,
+    peer: HbonePeer,
+  ): void {
     this.log.info({ status, reason, peer: peer.identity }, "HBONE request refused");
     if (stream.closed || stream.destroyed) return;
     stream.respond({ ":status": status }, { endStream: true });

@@ -31,8 +31,7 @@ export function hboneContextOptions(cred: WorkloadCredential, rootsPem: string):
 }
 
 export type CertificateIdentity =
-  | { readonly identity: string; readonly id: SpiffeId }
-  | { readonly error: string };
+  { readonly identity: string; readonly id: SpiffeId } | { readonly error: string };
 
 /**
  * The workload identity of a certificate (DER): its one `spiffe://` URI SAN. No such SAN, two of
@@ -54,7 +53,8 @@ export function certificateIdentity(der: Uint8Array): CertificateIdentity {
   if (spiffe.length > 1) return { error: `the certificate has ${spiffe.length} spiffe:// URI SANs` };
   const identity = spiffe[0]!;
   const id = parseSpiffeId(identity);
-  if (isSpiffeError(id)) return { error: `the certificate's URI SAN is not a workload identity: ${id.error}` };
+  if (isSpiffeError(id))
+    return { error: `the certificate's URI SAN is not a workload identity: ${id.error}` };
   return { identity, id };
 }
 
@@ -89,7 +89,11 @@ export class CredentialCache<T> {
       return hit.value;
     }
     const value = build(cred, rootsPem);
-    this.entries.set(key, { cred: { certChainPem: cred.certChainPem, keyPem: cred.keyPem }, rootsPem, value });
+    this.entries.set(key, {
+      cred: { certChainPem: cred.certChainPem, keyPem: cred.keyPem },
+      rootsPem,
+      value,
+    });
     return value;
   }
 
