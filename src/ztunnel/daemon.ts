@@ -78,18 +78,30 @@ export async function startZtunnel(opts: ZtunnelDaemonOptions): Promise<RunningZ
   const domain = opts.domain ?? "cluster.local";
   const xds = new DeltaAdsClient({
     target: opts.xdsAddress,
-    credentials: { kind: "tls", rootCa: opts.rootCaPem, ...(opts.serverName ? { serverName: opts.serverName } : {}) },
+    credentials: {
+      kind: "tls",
+      rootCa: opts.rootCaPem,
+      ...(opts.serverName ? { serverName: opts.serverName } : {}),
+    },
     token: opts.token,
     ...(opts.clusterId ? { clusterId: opts.clusterId } : {}),
     node: {
       id: `ztunnel~${opts.podIp}~${opts.podName}.${opts.podNamespace}~${opts.podNamespace}.svc.${domain}`,
-      metadata: { NODE_NAME: opts.node, NAME: opts.podName, NAMESPACE: opts.podNamespace, INSTANCE_IPS: opts.podIp },
+      metadata: {
+        NODE_NAME: opts.node,
+        NAME: opts.podName,
+        NAMESPACE: opts.podNamespace,
+        INSTANCE_IPS: opts.podIp,
+      },
     },
     types: state.watchedTypes(),
   });
   const stopObserving = observeXdsClient(metrics, xds);
   xds.on("disconnected", (info) =>
-    log.warn({ code: info.code, details: info.details, retryInMs: info.retryInMs }, "xDS stream ended; keeping the last configuration"),
+    log.warn(
+      { code: info.code, details: info.details, retryInMs: info.retryInMs },
+      "xDS stream ended; keeping the last configuration",
+    ),
   );
   const signer = createGrpcCertificateSigner({
     target: opts.xdsAddress,
@@ -205,7 +217,13 @@ export async function startZtunnel(opts: ZtunnelDaemonOptions): Promise<RunningZ
     throw err;
   }
   log.info(
-    { node: opts.node, pod: `${opts.podNamespace}/${opts.podName}`, xds: opts.xdsAddress, admin: adminUrl, metrics: metricsUrl },
+    {
+      node: opts.node,
+      pod: `${opts.podNamespace}/${opts.podName}`,
+      xds: opts.xdsAddress,
+      admin: adminUrl,
+      metrics: metricsUrl,
+    },
     "ztunnel started",
   );
   return {

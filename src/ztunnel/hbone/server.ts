@@ -15,6 +15,7 @@ import { keepAlive } from "./keepalive.js";
 import { resolveHboneSettings, sessionMemoryMegabytes } from "./settings.js";
 import type { HboneSettings } from "./settings.js";
 import { splice } from "./splice.js";
+import type { SpliceObserver, SpliceResult } from "./splice.js";
 import { certificateIdentity, CredentialCache, HBONE_ALPN, hboneContextOptions } from "./tls.js";
 import type { WorkloadCredential } from "./tls.js";
 
@@ -43,6 +44,8 @@ export type HboneHandlerResult =
       /** Connected to the target; half-open connections should be allowed (`allowHalfOpen: true`). */
       readonly upstream: Duplex;
       readonly responseHeaders?: Readonly<Record<string, string>>;
+      /** Bytes as they pass, and the outcome once both sides closed (for metrics and logs). */
+      readonly observer?: SpliceObserver & { finished?(outcome: SpliceResult): void };
     }
   | { readonly status: 400 | 401 | 503; readonly reason: string };
 
@@ -313,7 +316,8 @@ export class HboneServer {
       stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
       return;
     }
-    const outcome = await splice(stream, upstream);
+    const outcome = await splice(stream, upstream, result.observer);
+    result.observer?.finished?.(outcome);
     this.log.debug(
       { authority: req.authority, peer: req.peer.identity, ...outcome },
       "HBONE stream finished",

@@ -35,7 +35,17 @@ export interface SpliceResult {
  * `other` should allow half-open connections (`allowHalfOpen: true`), or its FIN ends the other
  * direction too early. The promise never rejects.
  */
-export function splice(stream: Http2Stream, other: Duplex): Promise<SpliceResult> {
+/** Told of bytes as they pass (telemetry of long connections moves while they run). */
+export interface SpliceObserver {
+  fromStream?(bytes: number): void;
+  toStream?(bytes: number): void;
+}
+
+export function splice(
+  stream: Http2Stream,
+  other: Duplex,
+  observer: SpliceObserver = {},
+): Promise<SpliceResult> {
   return new Promise((resolve) => {
     let fromStream = 0;
     let toStream = 0;
@@ -88,8 +98,14 @@ export function splice(stream: Http2Stream, other: Duplex): Promise<SpliceResult
       settle();
     };
 
-    stream.on("data", (chunk: Buffer) => (fromStream += chunk.length));
-    other.on("data", (chunk: Buffer) => (toStream += chunk.length));
+    stream.on("data", (chunk: Buffer) => {
+      fromStream += chunk.length;
+      observer.fromStream?.(chunk.length);
+    });
+    other.on("data", (chunk: Buffer) => {
+      toStream += chunk.length;
+      observer.toStream?.(chunk.length);
+    });
     stream.on("error", (e: Error) => {
       error ??= e;
       resetOther();

@@ -125,7 +125,12 @@ export interface InboundRequest {
 }
 
 export type InboundPlan =
-  | { readonly kind: "reject"; readonly status: 400 | 401; readonly reason: string; readonly workload?: Workload }
+  | {
+      readonly kind: "reject";
+      readonly status: 400 | 401;
+      readonly reason: string;
+      readonly workload?: Workload;
+    }
   | {
       readonly kind: "forward";
       readonly workload: Workload;

@@ -13,7 +13,7 @@ import { canonicalizeIpText, formatSocketAddress } from "../state/index.js";
 import { logConnection, trafficLabels } from "../telemetry/index.js";
 import type { ConnectionRecorder, Direction, ZtunnelMetrics } from "../telemetry/index.js";
 import { TunnelProtocol } from "../../xds/types.js";
-import type { Service, Workload } from "../../xds/types.js";
+import type { Workload } from "../../xds/types.js";
 import { planInbound, planOutbound, ZTUNNEL_PORTS } from "./plan.js";
 import type { OutboundPlan } from "./plan.js";
 import { relay } from "./relay.js";
@@ -91,7 +91,11 @@ export class Ztunnel {
   /** Bind the three listeners (SO_REUSEPORT, so a new ztunnel can bind while an old one drains). */
   async start(): Promise<void> {
     const address = this.opts.listenAddress ?? "127.0.0.1";
-    const listen = async (port: number, mark: number, onConnection: (s: net.Socket) => void): Promise<void> => {
+    const listen = async (
+      port: number,
+      mark: number,
+      onConnection: (s: net.Socket) => void,
+    ): Promise<void> => {
       const server = await createListener({
         address,
         port,
@@ -257,7 +261,10 @@ export class Ztunnel {
     });
   }
 
-  private async dialHbone(plan: Extract<OutboundPlan, { kind: "hbone" }>, sourceAddress: string): Promise<Duplex> {
+  private async dialHbone(
+    plan: Extract<OutboundPlan, { kind: "hbone" }>,
+    sourceAddress: string,
+  ): Promise<Duplex> {
     const cert = await this.opts.certificates.get(plan.sourceIdentity);
     const service = plan.target.service;
     return this.hboneClient.dial({
@@ -340,7 +347,9 @@ export class Ztunnel {
     this.hboneServer.handleConnection(socket);
   }
 
-  private async credentialFor(localAddress: string): Promise<{ certChainPem: string; keyPem: string } | undefined> {
+  private async credentialFor(
+    localAddress: string,
+  ): Promise<{ certChainPem: string; keyPem: string } | undefined> {
     const workload = this.opts.state.servedWorkloadByIp(ipText(localAddress));
     if (!workload || workload.tunnelProtocol !== TunnelProtocol.HBONE) return undefined;
     const cert = await this.opts.certificates.get(this.opts.state.identityOf(workload));
@@ -380,7 +389,9 @@ export class Ztunnel {
       ...(plan.kind === "forward" ? { destinationIdentity: plan.identity } : {}),
     };
     if (plan.kind === "reject") {
-      this.opts.metrics.connectionOpened(trafficLabels(labels)).failed(plan.status === 401 ? "DENY" : "CONNECT");
+      this.opts.metrics
+        .connectionOpened(trafficLabels(labels))
+        .failed(plan.status === 401 ? "DENY" : "CONNECT");
       this.logAccess({
         ...entry,
         bytesSent: 0,
@@ -397,26 +408,38 @@ export class Ztunnel {
     } catch (err) {
       const failure = describeFailure(err);
       this.opts.metrics.connectionOpened(trafficLabels(labels)).failed(failure.flags);
-      this.logAccess({ ...entry, bytesSent: 0, bytesReceived: 0, durationMs: Date.now() - started, error: failure.error });
-      return { status: 503, reason: failure.error };
-    }
-    // The HBONE server joins the stream to what is returned here; counting on this side of it
-    // gives the destination's view of the bytes.
-    const recorder = this.opts.metrics.connectionOpened(trafficLabels(labels));
-    const counted = countBytes(upstream, recorder);
-    this.track(upstream);
-    upstream.once("close", () => {
-      this.open.delete(upstream);
-      recorder.closed();
       this.logAccess({
         ...entry,
-        bytesSent: recorder.bytesSent,
-        bytesReceived: recorder.bytesReceived,
+        bytesSent: 0,
+        bytesReceived: 0,
         durationMs: Date.now() - started,
-        ...(counted.error() ? { error: counted.error() } : {}),
+        error: failure.error,
       });
-    });
-    return { status: 200, upstream };
+      return { status: 503, reason: failure.error };
+    }
+    // The HBONE server joins the stream to the upstream; it reports the bytes as they pass.
+    const recorder = this.opts.metrics.connectionOpened(trafficLabels(labels));
+    this.track(upstream);
+    return {
+      status: 200,
+      upstream,
+      observer: {
+        // From the stream: what the client sent; to the stream: what the workload answered.
+        fromStream: (n) => recorder.addSent(n),
+        toStream: (n) => recorder.addReceived(n),
+        finished: (outcome) => {
+          if (outcome.error) recorder.failed("CONNECT");
+          else recorder.closed();
+          this.logAccess({
+            ...entry,
+            bytesSent: outcome.fromStream,
+            bytesReceived: outcome.toStream,
+            durationMs: Date.now() - started,
+            ...(outcome.error ? { error: outcome.error.message } : {}),
+          });
+        },
+      },
+    };
   };
 
   // ---- inbound plaintext (15006) ----
@@ -465,7 +488,13 @@ export class Ztunnel {
     } catch (err) {
       const failure = describeFailure(err);
       recorder.failed(failure.flags);
-      this.logAccess({ ...entry, bytesSent: 0, bytesReceived: 0, durationMs: Date.now() - started, error: failure.error });
+      this.logAccess({
+        ...entry,
+        bytesSent: 0,
+        bytesReceived: 0,
+        durationMs: Date.now() - started,
+        error: failure.error,
+      });
       reset(socket);
       this.open.delete(socket);
       return;
@@ -618,18 +647,3 @@ function sourceIpOf(address: string): string {
   return address.startsWith("[") ? address.slice(1, address.indexOf("]")) : address.slice(0, i);
 }
 
-/** Count the bytes passing through `socket` (read = from the workload, written = to it). */
-function countBytes(socket: net.Socket, recorder: ConnectionRecorder): { error: () => string | undefined } {
-  let failure: string | undefined;
-  socket.on("data", (chunk: Buffer) => recorder.addReceived(chunk.length));
-  const write = socket.write.bind(socket) as (chunk: unknown, ...rest: unknown[]) => boolean;
-  socket.write = ((chunk: unknown, ...rest: unknown[]): boolean => {
-    if (chunk instanceof Uint8Array) recorder.addSent(chunk.length);
-    else if (typeof chunk === "string") recorder.addSent(Buffer.byteLength(chunk));
-    return write(chunk, ...rest);
-  }) as net.Socket["write"];
-  socket.on("error", (e) => (failure = e.message));
-  return { error: () => failure };
-}
-
-export type { Service };
