@@ -251,8 +251,7 @@ function planPods(
     const node = object.nodeName !== undefined ? nodes.get(object.nodeName) : undefined;
     // A host-network pod has its node's addresses, as the kubelet reports them.
     const ips = object.ips.length === 0 && object.hostNetwork && node ? node.internalIPs : object.ips;
-    const { uid: _given, ...rest } = object;
-    const pod: ClusterPod = { ...rest, uid, ips };
+    const pod: ClusterPod = { ...object, uid, ips };
     out.set(index, pod);
     next.set(key(pod), pod);
   }

@@ -270,14 +270,17 @@ const failed = (id: RequestId | null, issues: ApiIssue[]): ParsedRequest => ({
   issues,
 });
 
-/** One issue per line: `objects[3].nodeName: ...`, or `field: ...` for the request itself. */
-export function summarize(issues: readonly ApiIssue[]): string {
+/**
+ * One issue per line: `objects[3].nodeName: ...` (`list` names what `index` counts: the objects
+ * of an apply, the refs of a delete), or `field: ...` for the request itself.
+ */
+export function summarize(issues: readonly ApiIssue[], list: "objects" | "refs" = "objects"): string {
   return issues
     .map((i) => {
       const where = i.file
         ? `${i.file}${i.line !== undefined ? `:${i.line}:${i.column ?? 1}` : ""}: `
         : i.index !== undefined
-          ? `objects[${i.index}].`
+          ? `${list}[${i.index}].`
           : "";
       return `${where}${i.field}: ${i.message}`;
     })

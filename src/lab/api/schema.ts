@@ -244,12 +244,11 @@ export function zodIssues(
         message: `unknown field "${k}"`,
       }));
     let message = issue.message;
-    if (issue.code === "invalid_type") {
-      const input = (issue as { input?: unknown }).input;
-      message =
-        input === undefined
-          ? "is required"
-          : `must be ${NOUNS[issue.expected] ?? issue.expected}, found ${found(input)}`;
+    const input = (issue as { input?: unknown }).input;
+    if ((issue.code === "invalid_type" || issue.code === "invalid_union") && input === undefined) {
+      message = "is required";
+    } else if (issue.code === "invalid_type") {
+      message = `must be ${NOUNS[issue.expected] ?? issue.expected}, found ${found(input)}`;
     }
     return [{ ...where, field: at(issue.path), message }];
   });

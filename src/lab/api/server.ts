@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { chmod, lstat, mkdir, readFile, rm } from "node:fs/promises";
 import { createConnection, createServer } from "node:net";
 import type { Server, Socket } from "node:net";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { pino } from "pino";
 import type { Logger } from "pino";
 import { z } from "zod";
@@ -82,6 +82,9 @@ export class LabStateFileError extends Error {
   }
 }
 
+/** State directories a server of this process holds. */
+const lockedHere = new Set<string>();
+
 const persistedSchema = stateBodySchema.extend({
   format: z.literal(STATE_FORMAT, { error: `must be "${STATE_FORMAT}"` }),
   revision: z.number({ error: "must be a number" }).int().nonnegative(),
@@ -118,10 +121,22 @@ export class LabApiServer {
     if (!serviceCIDR) throw new Error(`service CIDR ${JSON.stringify(cidrText)} is not a CIDR`);
 
     await mkdir(opts.stateDir, { recursive: true, mode: 0o755 });
-    const lockPath = join(opts.stateDir, "apiserver.lock");
+    const lockPath = resolve(opts.stateDir, "apiserver.lock");
+    // The pid file tells processes apart; within one process (tests, embedders) this set does.
+    if (lockedHere.has(lockPath))
+      throw new LabApiInUseError(
+        `another lab API server (process ${process.pid}) uses the state directory ${opts.stateDir}`,
+      );
     let lock: { release(): Promise<void> };
     try {
-      lock = await acquireLock(lockPath);
+      const held = await acquireLock(lockPath);
+      lockedHere.add(lockPath);
+      lock = {
+        release: async () => {
+          lockedHere.delete(lockPath);
+          await held.release();
+        },
+      };
     } catch (err) {
       if (err instanceof LockHeldError)
         throw new LabApiInUseError(
@@ -183,6 +198,7 @@ export class LabApiServer {
     return this.change(
       () => planDelete(this.state.snapshot(), refs, opts),
       (deleted, revision) => ({ revision, deleted }),
+      "refs",
     );
   }
 
@@ -215,17 +231,19 @@ export class LabApiServer {
     return this.change(
       () => planApply(this.state.snapshot(), objects, this.ctx),
       (applied, revision) => ({ revision, applied }),
+      "objects",
     );
   }
 
   private change<R, T>(
     plan: () => Plan<R>,
     result: (results: R[], revision: number) => T,
+    list: "objects" | "refs",
   ): Promise<Outcome<T>> {
     return this.serialized(async () => {
       if (this.stopping) return stoppingFailure();
       const p = plan();
-      if (!p.ok) return failure(p.issues);
+      if (!p.ok) return failure(p.issues, list);
       return (await this.commit(p.events)) ?? { ok: true as const, ...result(p.results, this.revision) };
     });
   }
@@ -269,6 +287,7 @@ export class LabApiServer {
 
   private broadcast(event: ClusterEvent, revision: number): void {
     for (const [conn, id] of this.watchers) {
+      if (conn.destroyed) continue;
       if (conn.writableLength > MAX_WATCH_BACKLOG) {
         this.log.warn("dropping a watcher that does not read its events; it will resynchronise on reconnect");
         conn.destroy();
@@ -284,7 +303,18 @@ export class LabApiServer {
     // Requests of one connection are answered in order: an apply followed by a get sees the apply.
     let pending: Promise<void> = Promise.resolve();
     const take = (line: string): void => {
-      if (line.trim() !== "") pending = pending.then(() => this.handle(conn, line));
+      if (line.trim() === "") return;
+      pending = pending
+        .then(() => this.handle(conn, line))
+        .catch((err: unknown) => {
+          // A bug must cost one answer, not the server or the connection's later requests.
+          this.log.error({ err }, "lab API request failed");
+          send(conn, {
+            id: null,
+            type: "result",
+            ...failure([{ field: "(server)", message: `internal error: ${(err as Error).message}` }]),
+          });
+        });
     };
     let refused = false;
     conn.setEncoding("utf8");
@@ -367,8 +397,8 @@ function send(conn: Socket, message: ServerMessage): void {
   if (!conn.destroyed && conn.writable) conn.write(encodeLine(message));
 }
 
-function failure(issues: readonly ApiIssue[]): Failure {
-  return { ok: false, error: summarize(issues), issues };
+function failure(issues: readonly ApiIssue[], list: "objects" | "refs" = "objects"): Failure {
+  return { ok: false, error: summarize(issues, list), issues };
 }
 
 const stoppingFailure = (): Failure =>
@@ -402,8 +432,7 @@ async function loadState(path: string): Promise<{ state: ClusterState; revision:
   }
   const parsed = check(persistedSchema, json);
   if (!parsed.ok) throw new LabStateFileError(path, `${summarize(parsed.issues.slice(0, 5))}`);
-  const { format: _format, revision, ...body } = parsed.value;
-  return { state: stateFromBody(body), revision };
+  return { state: stateFromBody(parsed.value), revision: parsed.value.revision };
 }
 
 /**
