@@ -12,6 +12,7 @@ import { LabProcesses } from "../lab/processes.js";
 import { DEFAULT_SPEC_FILE, DEFAULT_SPEC_TEXT, resolveSpec } from "../lab/spec.js";
 import { labStatus, formatLabStatus } from "../lab/status.js";
 import { labUp, OFFMESH_BIN } from "../lab/up.js";
+import { formatVerifyReport, labVerify } from "../lab/verify.js";
 import { addLabApiCommands } from "./lab-api.js";
 import { EXIT } from "./output.js";
 import type { Io } from "./output.js";
@@ -19,8 +20,11 @@ import type { Io } from "./output.js";
 // `offmesh lab …`: the emulated CPU/DPU cluster on this machine (docs/lab.md).
 
 export function addLabCommands(program: Command, io: Io, setExit: (code: number) => void): void {
-  const lab = program.command("lab").description("a whole CPU/DPU cluster in network namespaces on this machine");
-  const named = (c: Command): Command => c.option("--name <name>", "the lab's name (prefix of all it creates)", DEFAULT_LAB_NAME);
+  const lab = program
+    .command("lab")
+    .description("a whole CPU/DPU cluster in network namespaces on this machine");
+  const named = (c: Command): Command =>
+    c.option("--name <name>", "the lab's name (prefix of all it creates)", DEFAULT_LAB_NAME);
 
   named(
     lab
@@ -31,28 +35,59 @@ export function addLabCommands(program: Command, io: Io, setExit: (code: number)
     setExit(await up(io, flags, cmd.getOptionValueSource("name") === "cli")),
   );
 
-  named(lab.command("down").description("remove everything a lab made; safe to run twice, and after a crash")).action(
-    async (flags: { name: string }) => {
-      const r = await labDown(flags.name);
-      io.out(
-        `lab ${flags.name} down: ${r.stoppedProcesses.length} processes stopped, ${r.removedNamespaces.length} namespaces removed${r.removedStateDir ? ", state removed" : ""}\n`,
-      );
-      setExit(EXIT.ok);
-    },
-  );
+  named(
+    lab.command("down").description("remove everything a lab made; safe to run twice, and after a crash"),
+  ).action(async (flags: { name: string }) => {
+    const r = await labDown(flags.name);
+    io.out(
+      `lab ${flags.name} down: ${r.stoppedProcesses.length} processes stopped, ${r.removedNamespaces.length} namespaces removed${r.removedStateDir ? ", state removed" : ""}\n`,
+    );
+    setExit(EXIT.ok);
+  });
 
-  named(lab.command("status").description("nodes, roles, pods and the health of each component").option("--json", "machine-readable")).action(
-    async (flags: { name: string; json?: boolean }) => {
-      const status = await labStatus(flags.name);
-      if (!status) {
-        io.err(`error: no lab named ${flags.name} (no ${labStateDir(flags.name)}); start one with: offmesh lab up\n`);
-        setExit(EXIT.invalid);
-        return;
-      }
-      io.out(flags.json ? JSON.stringify(status, null, 2) + "\n" : formatLabStatus(status));
-      setExit(status.healthy ? EXIT.ok : EXIT.invalid);
-    },
-  );
+  named(
+    lab
+      .command("status")
+      .description("nodes, roles, pods and the health of each component")
+      .option("--json", "machine-readable"),
+  ).action(async (flags: { name: string; json?: boolean }) => {
+    const status = await labStatus(flags.name);
+    if (!status) {
+      io.err(
+        `error: no lab named ${flags.name} (no ${labStateDir(flags.name)}); start one with: offmesh lab up\n`,
+      );
+      setExit(EXIT.invalid);
+      return;
+    }
+    io.out(flags.json ? JSON.stringify(status, null, 2) + "\n" : formatLabStatus(status));
+    setExit(status.healthy ? EXIT.ok : EXIT.invalid);
+  });
+
+  named(
+    lab
+      .command("verify")
+      .description(
+        "run the design's packet walks on a running lab: one row per path, PASS/FAIL (exit 1 if any fails)",
+      )
+      .option("--json", "machine-readable")
+      .option("--only <ids>", "comma-separated path ids (a, b, c1 …)"),
+  ).action(async (flags: { name: string; json?: boolean; only?: string }) => {
+    if (typeof process.getuid === "function" && process.getuid() !== 0) {
+      io.err("error: offmesh lab verify needs root (namespaces, tcpdump, iptables counters)\n");
+      setExit(EXIT.invalid);
+      return;
+    }
+    const only = flags.only
+      ?.split(",")
+      .map((s) => s.trim())
+      .filter(Boolean);
+    const report = await labVerify(flags.name, {
+      ...(only ? { only } : {}),
+      progress: (m) => io.err(`lab ${flags.name}: verify ${m}\n`),
+    });
+    io.out(flags.json ? JSON.stringify(report, null, 2) + "\n" : formatVerifyReport(report));
+    setExit(report.ok ? EXIT.ok : EXIT.invalid);
+  });
 
   named(
     lab
@@ -60,30 +95,39 @@ export function addLabCommands(program: Command, io: Io, setExit: (code: number)
       .description("run a command in a pod's network namespace: offmesh lab exec [ns/]pod -- cmd args…")
       .argument("<pod>", "pod as <namespace>/<name>, or <name> in namespace default")
       .argument("<command...>", "the command and its arguments"),
-  ).action(async (podRef: string, command: string[], flags: { name: string }) => setExit(await exec(io, flags.name, podRef, command)));
+  ).action(async (podRef: string, command: string[], flags: { name: string }) =>
+    setExit(await exec(io, flags.name, podRef, command)),
+  );
 
   named(
     lab
       .command("logs")
-      .description("print a component's log (apiserver, controlplane, agent-<node>, kubelet-<node>, ztunnel-<node>, pod-<ns>.<pod>)")
+      .description(
+        "print a component's log (apiserver, controlplane, agent-<node>, kubelet-<node>, ztunnel-<node>, pod-<ns>.<pod>)",
+      )
       .argument("[component]", "omit to list the components")
       .option("--tail <lines>", "only the last lines", parseCount),
-  ).action((component: string | undefined, flags: { name: string; tail?: number }) => setExit(logs(io, flags.name, component, flags.tail)));
-
-  named(lab.command("restart").description("restart a component of the lab (as after a crash)").argument("<component>", "see `offmesh lab logs`")).action(
-    async (component: string, flags: { name: string }) => {
-      const processes = new LabProcesses(labStateDir(flags.name));
-      if (component.startsWith("ztunnel-") || component.startsWith("pod-")) {
-        // A pod's process: stopping it is enough, its kubelet starts it again (restart policy Always).
-        await processes.stop(component, 5_000, { keepSpec: true });
-        io.out(`${component} stopped; its kubelet restarts it\n`);
-      } else {
-        const pid = await processes.restart(component);
-        io.out(`${component} restarted (pid ${pid})\n`);
-      }
-      setExit(EXIT.ok);
-    },
+  ).action((component: string | undefined, flags: { name: string; tail?: number }) =>
+    setExit(logs(io, flags.name, component, flags.tail)),
   );
+
+  named(
+    lab
+      .command("restart")
+      .description("restart a component of the lab (as after a crash)")
+      .argument("<component>", "see `offmesh lab logs`"),
+  ).action(async (component: string, flags: { name: string }) => {
+    const processes = new LabProcesses(labStateDir(flags.name));
+    if (component.startsWith("ztunnel-") || component.startsWith("pod-")) {
+      // A pod's process: stopping it is enough, its kubelet starts it again (restart policy Always).
+      await processes.stop(component, 5_000, { keepSpec: true });
+      io.out(`${component} stopped; its kubelet restarts it\n`);
+    } else {
+      const pid = await processes.restart(component);
+      io.out(`${component} restarted (pid ${pid})\n`);
+    }
+    setExit(EXIT.ok);
+  });
 
   named(
     lab
@@ -114,7 +158,9 @@ export function addLabCommands(program: Command, io: Io, setExit: (code: number)
 
   lab
     .command("echo", { hidden: true })
-    .description("the lab's workload: TCP echo that first reports the peer it saw, and HTTP GET / with the same")
+    .description(
+      "the lab's workload: TCP echo that first reports the peer it saw, and HTTP GET / with the same",
+    )
     .requiredOption("--pod <ns/name>", "the pod it runs as")
     .option("--tcp-port <port>", "TCP echo port", parseCount, 8080)
     .option("--http-port <port>", "HTTP port", parseCount, 8081)
@@ -159,7 +205,10 @@ async function up(io: Io, flags: { spec?: string; name: string }, nameGiven: boo
 async function exec(io: Io, lab: string, podRef: string, command: string[]): Promise<number> {
   const [namespace, name] = podRef.includes("/") ? podRef.split("/", 2) : ["default", podRef];
   const paths = labStatePaths(labStateDir(lab));
-  const got = await labGet(paths.apiSocket, 5_000).catch((err: unknown) => ({ ok: false as const, error: (err as Error).message }));
+  const got = await labGet(paths.apiSocket, 5_000).catch((err: unknown) => ({
+    ok: false as const,
+    error: (err as Error).message,
+  }));
   if (!got.ok) {
     io.err(`error: lab ${lab}: ${got.error}\n`);
     return EXIT.invalid;
@@ -171,9 +220,13 @@ async function exec(io: Io, lab: string, podRef: string, command: string[]): Pro
   }
   const [program, ...args] = command;
   if (!program) return EXIT.usage;
-  const child = spawn("ip", ["netns", "exec", podNetns(lab, pod.nodeName, namespace ?? "default", name ?? ""), program, ...args], {
-    stdio: "inherit",
-  });
+  const child = spawn(
+    "ip",
+    ["netns", "exec", podNetns(lab, pod.nodeName, namespace ?? "default", name ?? ""), program, ...args],
+    {
+      stdio: "inherit",
+    },
+  );
   return new Promise((resolve) => child.on("close", (code) => resolve(code ?? EXIT.invalid)));
 }
 
@@ -181,12 +234,15 @@ function logs(io: Io, lab: string, component: string | undefined, tail: number |
   const paths = labStatePaths(labStateDir(lab));
   const processes = new LabProcesses(paths.dir);
   if (!component) {
-    for (const c of processes.components()) io.out(`${c}${processes.pid(c) === undefined ? " (not running)" : ""}\n`);
+    for (const c of processes.components())
+      io.out(`${c}${processes.pid(c) === undefined ? " (not running)" : ""}\n`);
     return EXIT.ok;
   }
   const file = paths.logFile(component);
   if (!existsSync(file)) {
-    io.err(`error: lab ${lab} has no log for ${component}; components: ${processes.components().join(", ")}\n`);
+    io.err(
+      `error: lab ${lab} has no log for ${component}; components: ${processes.components().join(", ")}\n`,
+    );
     return EXIT.invalid;
   }
   const lines = readFileSync(file, "utf8").split("\n");

@@ -27,7 +27,9 @@ interface RunFlags {
 }
 
 export function addZtunnelCommands(program: Command, io: Io, setExit: (code: number) => void): void {
-  const zt = program.command("ztunnel").description("the node proxy: capture, HBONE mTLS, L4 policy, telemetry");
+  const zt = program
+    .command("ztunnel")
+    .description("the node proxy: capture, HBONE mTLS, L4 policy, telemetry");
   zt.command("run", { isDefault: true })
     .description("run the ztunnel in this network namespace (the ztunnel pod's); the default")
     .requiredOption("--xds-address <host:port>", "the control plane (xDS and CA, TLS)")
@@ -69,7 +71,9 @@ async function run(io: Io, flags: RunFlags): Promise<number> {
   }
   const caps = probeCapabilities();
   if (!caps.transparent || !caps.mark) {
-    io.err(`error: the ztunnel needs IP_TRANSPARENT and SO_MARK (CAP_NET_ADMIN): ${caps.reason ?? "not permitted"}\n`);
+    io.err(
+      `error: the ztunnel needs IP_TRANSPARENT and SO_MARK (CAP_NET_ADMIN): ${caps.reason ?? "not permitted"}\n`,
+    );
     return EXIT.invalid;
   }
   const log = pino({ name: "ztunnel", level: flags.logLevel }, pino.destination(2));
@@ -91,7 +95,9 @@ async function run(io: Io, flags: RunFlags): Promise<number> {
     log,
     accessLog: log.child({ target: "access" }),
   });
-  io.err(`offmesh ztunnel on ${flags.node}: admin ${running.adminUrl ?? "-"}, metrics ${running.metricsUrl ?? "-"}\n`);
+  io.err(
+    `offmesh ztunnel on ${flags.node}: admin ${running.adminUrl ?? "-"}, metrics ${running.metricsUrl ?? "-"}\n`,
+  );
   const signalled = new Promise<"drain" | "stop">((resolve) => {
     // SIGTERM drains as /quitquitquit does (what a pod's termination asks for); SIGINT stops now.
     process.once("SIGTERM", () => resolve("drain"));

@@ -96,3 +96,31 @@ export function splitHostPort(addr: string, what = "address"): { host: string; p
   }
   return { host: addr.slice(0, i).replace(/^\[|\]$/g, ""), port };
 }
+
+/**
+ * A dotted quad as 4 bytes, or undefined. By hand rather than through `net.isIP` and `split`: the
+ * control plane and the ztunnel run it for every pod address of the cluster.
+ */
+export function ipv4Bytes(text: string): Uint8Array | undefined {
+  const out = new Uint8Array(4);
+  let part = 0;
+  let value = 0;
+  let digits = 0;
+  for (let i = 0; i <= text.length; i++) {
+    const c = i < text.length ? text.charCodeAt(i) : 46; /* a final "." */
+    if (c === 46) {
+      if (digits === 0 || part > 3 || value > 255) return undefined;
+      out[part++] = value;
+      value = 0;
+      digits = 0;
+    } else if (c >= 48 && c <= 57) {
+      // A leading zero is octal to some parsers; refusing it keeps one text per address.
+      if (digits > 0 && value === 0) return undefined;
+      value = value * 10 + (c - 48);
+      if (++digits > 3) return undefined;
+    } else {
+      return undefined;
+    }
+  }
+  return part === 4 ? out : undefined;
+}

@@ -179,3 +179,28 @@ function editDistance(a: string, b: string): number {
   }
   return row[b.length] ?? 0;
 }
+
+/** A path into a YAML document: mapping keys and sequence indexes. */
+export type YamlPath = readonly (string | number)[];
+
+/**
+ * The node at `path`, or its nearest ancestor that exists, so a missing key is reported at its
+ * parent mapping. With `keyNode`, the key of the last step rather than its value.
+ */
+export function nodeAt(src: YamlSource, path: YamlPath, keyNode = false): YamlNode | undefined {
+  if (keyNode && path.length > 0) {
+    const parent = path.length === 1 ? src.doc.contents : src.doc.getIn(path.slice(0, -1), true);
+    if (isMap(parent)) {
+      // Compare as text: YAML reads a key like `1500:` or `true:` as a number or a boolean.
+      const pair = parent.items.find(
+        (p) => isScalar(p.key) && String(p.key.value) === String(path[path.length - 1]),
+      );
+      if (pair && isScalar(pair.key)) return pair.key;
+    }
+  }
+  for (let n = path.length; n >= 0; n--) {
+    const node = n === 0 ? src.doc.contents : src.doc.getIn(path.slice(0, n), true);
+    if (node && typeof node === "object" && "range" in node) return node as YamlNode;
+  }
+  return undefined;
+}

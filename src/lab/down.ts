@@ -20,7 +20,17 @@ export interface LabDownResult {
 /** Order of shutdown: whoever restarts others first, the API they all watch last. */
 function shutdownOrder(names: string[]): string[] {
   const rank = (n: string): number =>
-    n.startsWith("kubelet-") ? 0 : n.startsWith("pod-") ? 1 : n.startsWith("ztunnel-") ? 2 : n === "controlplane" ? 3 : n.startsWith("agent-") ? 4 : 5;
+    n.startsWith("kubelet-")
+      ? 0
+      : n.startsWith("pod-")
+        ? 1
+        : n.startsWith("ztunnel-")
+          ? 2
+          : n === "controlplane"
+            ? 3
+            : n.startsWith("agent-")
+              ? 4
+              : 5;
   return [...names].sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
 }
 

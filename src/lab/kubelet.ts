@@ -146,7 +146,10 @@ export class LabKubelet {
   private async createSandbox(pod: ClusterPod): Promise<void> {
     const conflist = this.conflist();
     if (!conflist) {
-      this.opts.log.info({ pod: `${pod.namespace}/${pod.name}` }, "waiting for the node agent's CNI conflist");
+      this.opts.log.info(
+        { pod: `${pod.namespace}/${pod.name}` },
+        "waiting for the node agent's CNI conflist",
+      );
       return;
     }
     const netns = podNetns(this.opts.lab, this.opts.node, pod.namespace, pod.name);
@@ -163,12 +166,22 @@ export class LabKubelet {
       ip = result.ips?.[0]?.address.split("/")[0];
       if (!ip) throw new Error(`the CNI chain returned no address: ${JSON.stringify(result)}`);
     } catch (err) {
-      this.opts.log.warn({ pod: `${pod.namespace}/${pod.name}`, err: (err as Error).message }, "CNI ADD failed; will retry");
+      this.opts.log.warn(
+        { pod: `${pod.namespace}/${pod.name}`, err: (err as Error).message },
+        "CNI ADD failed; will retry",
+      );
       await this.runtime.del(conflist, attachment).catch(() => undefined);
       await deletePodNetns(netns);
       return;
     }
-    const sandbox: Sandbox = { uid: pod.uid, namespace: pod.namespace, name: pod.name, netns, ip, containerId: attachment.containerId };
+    const sandbox: Sandbox = {
+      uid: pod.uid,
+      namespace: pod.namespace,
+      name: pod.name,
+      netns,
+      ip,
+      containerId: attachment.containerId,
+    };
     this.sandboxes.set(pod.uid, sandbox);
     this.saveSandboxes();
     this.opts.log.info({ pod: `${pod.namespace}/${pod.name}`, ip, netns }, "pod sandbox created");
@@ -188,7 +201,10 @@ export class LabKubelet {
           args: kubernetesCniArgs({ namespace: sandbox.namespace, name: sandbox.name, uid: sandbox.uid }),
         })
         .catch((err: unknown) =>
-          this.opts.log.warn({ pod: `${sandbox.namespace}/${sandbox.name}`, err: (err as Error).message }, "CNI DEL failed"),
+          this.opts.log.warn(
+            { pod: `${sandbox.namespace}/${sandbox.name}`, err: (err as Error).message },
+            "CNI DEL failed",
+          ),
         );
     }
     await deletePodNetns(sandbox.netns);
@@ -308,7 +324,8 @@ export class LabKubelet {
         },
       },
     ]);
-    if (!res.ok) this.opts.log.warn({ pod: `${pod.namespace}/${pod.name}`, error: res.error }, "status update refused");
+    if (!res.ok)
+      this.opts.log.warn({ pod: `${pod.namespace}/${pod.name}`, error: res.error }, "status update refused");
   }
 
   private saveSandboxes(): void {

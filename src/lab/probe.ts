@@ -9,7 +9,12 @@ export interface ProbeResult {
   readonly error?: string;
 }
 
-export async function httpGetInNetns(netnsPath: string, port: number, path: string, timeoutMs = 2_000): Promise<ProbeResult> {
+export async function httpGetInNetns(
+  netnsPath: string,
+  port: number,
+  path: string,
+  timeoutMs = 2_000,
+): Promise<ProbeResult> {
   let socket;
   try {
     socket = await connectTcp({ host: "127.0.0.1", port, netnsPath, timeoutMs });
@@ -32,7 +37,11 @@ export async function httpGetInNetns(netnsPath: string, port: number, path: stri
       clearTimeout(timer);
       const m = /^HTTP\/1\.[01] (\d{3})/.exec(data);
       const body = data.slice(data.indexOf("\r\n\r\n") + 4);
-      resolve(m ? { status: Number(m[1]), body } : { error: `not an HTTP answer: ${JSON.stringify(data.slice(0, 80))}` });
+      resolve(
+        m
+          ? { status: Number(m[1]), body }
+          : { error: `not an HTTP answer: ${JSON.stringify(data.slice(0, 80))}` },
+      );
     });
     socket.end(`GET ${path} HTTP/1.0\r\nHost: localhost\r\n\r\n`);
   });

@@ -1,7 +1,5 @@
-import { isMap, isScalar } from "yaml";
-import type { Node as YamlNode } from "yaml";
 import { z } from "zod";
-import { closest } from "../configfile/yamldoc.js";
+import { closest, nodeAt } from "../configfile/yamldoc.js";
 import type { YamlSource } from "../configfile/yamldoc.js";
 import { AT_KEY, fieldName } from "./spec-path.js";
 import type { SpecPath, SpecProblem } from "./spec-path.js";
@@ -34,25 +32,6 @@ export function reportZodIssues(src: YamlSource, error: z.ZodError, schema: z.Zo
 
 export function reportProblems(src: YamlSource, problems: readonly SpecProblem[]): void {
   for (const p of problems) src.report(nodeAt(src, p.path), fieldName(p.path), p.message);
-}
-
-/** The node at `path`, or its nearest ancestor that exists (a missing key is shown at its parent). */
-export function nodeAt(src: YamlSource, path: SpecPath, keyNode = false): YamlNode | undefined {
-  if (keyNode && path.length > 0) {
-    const parent = path.length === 1 ? src.doc.contents : src.doc.getIn(path.slice(0, -1), true);
-    if (isMap(parent)) {
-      // Compare as text: YAML reads a key like `8080:` or `true:` as a number or a boolean.
-      const pair = parent.items.find(
-        (p) => isScalar(p.key) && String(p.key.value) === String(path[path.length - 1]),
-      );
-      if (pair && isScalar(pair.key)) return pair.key;
-    }
-  }
-  for (let n = path.length; n >= 0; n--) {
-    const node = n === 0 ? src.doc.contents : src.doc.getIn(path.slice(0, n), true);
-    if (node && typeof node === "object" && "range" in node) return node as YamlNode;
-  }
-  return undefined;
 }
 
 /** The keys the schema allows at `path`, for "did you mean" hints. */

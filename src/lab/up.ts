@@ -12,9 +12,13 @@ import {
   labStateDir,
   labStatePaths,
   nodeNetns,
+  podNetns,
+  ZTUNNEL_NAMESPACE,
 } from "./names.js";
 import type { LabStatePaths } from "./names.js";
+import { netnsPath } from "../cni/runtime.js";
 import { createLabNetwork } from "./netns.js";
+import { httpGetInNetns } from "./probe.js";
 import { LabProcesses } from "./processes.js";
 import {
   clusterNamespaces,
@@ -89,7 +93,11 @@ export async function labUp(
     name: APISERVER_COMPONENT,
     argv: node("lab", "apiserver", "--state-dir", stateDir, "--socket", paths.apiSocket),
   });
-  await waitFor("the lab API server", timeoutMs, async () => (await labGet(paths.apiSocket, 2_000).catch(() => undefined))?.ok === true);
+  await waitFor(
+    "the lab API server",
+    timeoutMs,
+    async () => (await labGet(paths.apiSocket, 2_000).catch(() => undefined))?.ok === true,
+  );
   const topo = await labSetTopology(paths.apiSocket, { text: topologyText(spec), source: paths.clusterConf });
   if (!topo.ok) throw new LabUpError("topology", topo.error);
   await apply(paths, [
@@ -186,11 +194,47 @@ export async function labUp(
     const got = await labGet(paths.apiSocket, 5_000).catch(() => undefined);
     if (!got?.ok) return false;
     return pods.every((p) =>
-      got.state.pods.some((c) => c.namespace === p.namespace && c.name === p.name && c.phase === "Running" && c.ips.length > 0),
+      got.state.pods.some(
+        (c) => c.namespace === p.namespace && c.name === p.name && c.phase === "Running" && c.ips.length > 0,
+      ),
     );
+  });
+  // Running pods are not yet a working mesh: a ztunnel starts after its pod's sandbox, and learns
+  // the workloads over xDS after that. The lab is up when every ztunnel is ready and knows every
+  // workload's address, so traffic right after `lab up` is meshed, not refused or timed out.
+  progress.step("ztunnels: ready and knowing every workload");
+  const workloadIps = async (): Promise<string[]> => {
+    const got = await labGet(paths.apiSocket, 5_000).catch(() => undefined);
+    return got?.ok
+      ? got.state.pods.filter((p) => p.namespace !== ZTUNNEL_NAMESPACE).flatMap((p) => p.ips)
+      : [];
+  };
+  await waitFor("every ztunnel ready and knowing every workload", timeoutMs, async () => {
+    const ips = await workloadIps();
+    for (const z of ztunnelPods(spec)) {
+      const netns = netnsPath(podNetns(spec.name, z.node, z.namespace, z.name));
+      if ((await httpGetInNetns(netns, ZTUNNEL_READINESS_PORT, "/healthz/ready")).status !== 200)
+        return false;
+      const dump = await httpGetInNetns(netns, ZTUNNEL_ADMIN_PORT, "/config_dump");
+      if (dump.status !== 200 || !ips.every((ip) => knowsWorkload(dump.body ?? "", ip))) return false;
+    }
+    return true;
   });
   progress.step("lab is up");
   return { stateDir, controlPlaneAddress, pods: pods.length };
+}
+
+const ZTUNNEL_READINESS_PORT = 15021;
+const ZTUNNEL_ADMIN_PORT = 15000;
+
+/** Whether a ztunnel's /config_dump lists a workload with address `ip`. */
+function knowsWorkload(configDump: string, ip: string): boolean {
+  try {
+    const dump = JSON.parse(configDump) as { workloads?: { workloadIps?: string[] }[] };
+    return (dump.workloads ?? []).some((w) => w.workloadIps?.includes(ip));
+  } catch {
+    return false;
+  }
 }
 
 /** A cluster object as an apply request (the request schema takes plain, mutable JSON). */
@@ -214,7 +258,11 @@ function podObject(p: LabPod): ApplyObject {
 
 async function apply(paths: LabStatePaths, objects: ApplyObject[]): Promise<void> {
   const res = await labApply(paths.apiSocket, objects);
-  if (!res.ok) throw new LabUpError("apply", `${res.error}${res.issues.map((i) => `\n  ${JSON.stringify(i)}`).join("")}`);
+  if (!res.ok)
+    throw new LabUpError(
+      "apply",
+      `${res.error}${res.issues.map((i) => `\n  ${JSON.stringify(i)}`).join("")}`,
+    );
 }
 
 /** A directory holding offmesh-cni, first on the runtime's CNI_PATH. */
@@ -238,10 +286,18 @@ function writePairKeys(spec: LabSpec, stateDir: string): Map<string, string> {
   return keys;
 }
 
-async function waitFor(what: string, timeoutMs: number, check: () => boolean | Promise<boolean>): Promise<void> {
+async function waitFor(
+  what: string,
+  timeoutMs: number,
+  check: () => boolean | Promise<boolean>,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
-    if (Date.now() > deadline) throw new LabUpError("waiting", `${what}: not there after ${timeoutMs} ms (see the logs: offmesh lab logs)`);
+    if (Date.now() > deadline)
+      throw new LabUpError(
+        "waiting",
+        `${what}: not there after ${timeoutMs} ms (see the logs: offmesh lab logs)`,
+      );
     await new Promise((r) => setTimeout(r, 200));
   }
 }

@@ -1,11 +1,9 @@
 import { z } from "zod";
-import type { Node as YamlNode } from "yaml";
 import { ConfigError } from "../configfile/issues.js";
 import { readConfigText } from "../configfile/read.js";
 import type { Result } from "../configfile/issues.js";
 import { canonicalIp, cidrContains, cidrHasHostBits, parseCidr } from "../configfile/net.js";
-import { closest, YamlSource } from "../configfile/yamldoc.js";
-import { isMap, isScalar } from "yaml";
+import { closest, nodeAt, YamlSource } from "../configfile/yamldoc.js";
 import type { Topology } from "../topology/types.js";
 
 // What a node knows about itself and the cluster at planning time. On a real node the agent
@@ -182,25 +180,6 @@ function crossCheck(facts: NodeFacts, topo: Topology, node: string): { path: Pat
     });
   }
   return out;
-}
-
-function nodeAt(src: YamlSource, path: Path, keyNode = false): YamlNode | undefined {
-  if (keyNode && path.length > 0) {
-    const parent = path.length === 1 ? src.doc.contents : src.doc.getIn(path.slice(0, -1), true);
-    if (isMap(parent)) {
-      // Compare as text: YAML reads a key like `1500:` or `true:` as a number or boolean.
-      const pair = parent.items.find(
-        (p) => isScalar(p.key) && String(p.key.value) === String(path[path.length - 1]),
-      );
-      if (pair && isScalar(pair.key)) return pair.key;
-    }
-  }
-  // Walk up until a node exists, so a missing key is reported at its parent mapping.
-  for (let n = path.length; n >= 0; n--) {
-    const node = n === 0 ? src.doc.contents : src.doc.getIn(path.slice(0, n), true);
-    if (node && typeof node === "object" && "range" in node) return node as YamlNode;
-  }
-  return undefined;
 }
 
 function fieldName(path: Path): string {

@@ -1,4 +1,4 @@
-import { canonicalIp, ipToBigInt } from "../../configfile/net.js";
+import { canonicalIp, ipToBigInt, ipv4Bytes } from "../../configfile/net.js";
 import { isMeshed } from "../../cluster/membership.js";
 import type { ClusterNamespace, ClusterPod, ClusterService } from "../../cluster/types.js";
 import type { Port, PortList, Service, Workload } from "../../xds/types.js";
@@ -35,7 +35,7 @@ export const serviceKey = (svc: { name: string; namespace: string }, domain: str
 
 /** Raw address bytes (4 or 16), as the workload API carries IPs. */
 export function ipBytes(ip: string): Uint8Array | undefined {
-  const v4 = parseIPv4(ip);
+  const v4 = ipv4Bytes(ip);
   if (v4) return v4;
   if (!ip.includes(":")) return undefined;
   // Canonical first: an IPv6 address with an embedded IPv4 part (::ffff:10.0.0.1) becomes all hex.
@@ -45,30 +45,6 @@ export function ipBytes(ip: string): Uint8Array | undefined {
   const out = new Uint8Array(16);
   for (let i = 15, v = value; i >= 0; i--, v >>= 8n) out[i] = Number(v & 0xffn);
   return out;
-}
-
-/** Dotted-quad IPv4 to 4 bytes, by hand: this runs for every pod address of the cluster. */
-function parseIPv4(ip: string): Uint8Array | undefined {
-  const out = new Uint8Array(4);
-  let part = 0;
-  let value = 0;
-  let digits = 0;
-  for (let i = 0; i <= ip.length; i++) {
-    const c = i < ip.length ? ip.charCodeAt(i) : 46; /* a final "." */
-    if (c === 46) {
-      if (digits === 0 || part > 3 || value > 255) return undefined;
-      out[part++] = value;
-      value = 0;
-      digits = 0;
-    } else if (c >= 48 && c <= 57) {
-      if (digits > 0 && value === 0) return undefined; // leading zero
-      value = value * 10 + (c - 48);
-      if (++digits > 3) return undefined;
-    } else {
-      return undefined;
-    }
-  }
-  return part === 4 ? out : undefined;
 }
 
 /** The first label present, else `fallback` (istiod's canonical service name/revision rules). */

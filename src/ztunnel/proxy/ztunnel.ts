@@ -646,4 +646,3 @@ function sourceIpOf(address: string): string {
   const i = address.lastIndexOf(":");
   return address.startsWith("[") ? address.slice(1, address.indexOf("]")) : address.slice(0, i);
 }
-

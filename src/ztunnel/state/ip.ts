@@ -4,9 +4,11 @@
 // `to_canonical` makes it, and IPv6 is written per RFC 5952 (lower case, longest zero run
 // compressed).
 
+import { ipv4Bytes } from "../../configfile/net.js";
+
 /** Raw bytes of `text` (4 for IPv4, 16 for IPv6), not canonicalized; undefined if it is not an IP. */
 export function parseIp(text: string): Uint8Array | undefined {
-  return text.includes(":") ? parseIPv6(text) : parseIPv4(text);
+  return text.includes(":") ? parseIPv6(text) : ipv4Bytes(text);
 }
 
 /** IPv4-mapped IPv6 bytes as the 4 IPv4 bytes; anything else unchanged. */
@@ -29,7 +31,7 @@ export function canonicalIpText(bytes: Uint8Array): string | undefined {
 /** Canonical text of a textual address; undefined if it is not an IP. */
 export function canonicalizeIpText(text: string): string | undefined {
   // Dotted quads are already canonical when they parse; only IPv6 needs rewriting.
-  if (!text.includes(":")) return parseIPv4(text) === undefined ? undefined : text;
+  if (!text.includes(":")) return ipv4Bytes(text) === undefined ? undefined : text;
   const bytes = parseIPv6(text);
   return bytes === undefined ? undefined : canonicalIpText(bytes);
 }
@@ -60,30 +62,6 @@ function isV4Mapped(bytes: Uint8Array): boolean {
   return true;
 }
 
-function parseIPv4(text: string): Uint8Array | undefined {
-  const out = new Uint8Array(4);
-  let part = 0;
-  let value = 0;
-  let digits = 0;
-  for (let i = 0; i <= text.length; i++) {
-    const c = i < text.length ? text.charCodeAt(i) : 46; /* a final "." */
-    if (c === 46) {
-      if (digits === 0 || part > 3 || value > 255) return undefined;
-      out[part++] = value;
-      value = 0;
-      digits = 0;
-    } else if (c >= 48 && c <= 57) {
-      // A leading zero is octal to some parsers; refusing it keeps one text per address.
-      if (digits > 0 && value === 0) return undefined;
-      value = value * 10 + (c - 48);
-      if (++digits > 3) return undefined;
-    } else {
-      return undefined;
-    }
-  }
-  return part === 4 ? out : undefined;
-}
-
 /** Hex groups of one side of "::", the last possibly a dotted quad; undefined if malformed. */
 function parseGroups(side: string, mayEndInIPv4: boolean): number[] | undefined {
   if (side === "") return [];
@@ -92,7 +70,7 @@ function parseGroups(side: string, mayEndInIPv4: boolean): number[] | undefined 
   for (let i = 0; i < parts.length; i++) {
     const part = parts[i] as string;
     if (mayEndInIPv4 && i === parts.length - 1 && part.includes(".")) {
-      const v4 = parseIPv4(part);
+      const v4 = ipv4Bytes(part);
       if (v4 === undefined) return undefined;
       groups.push(((v4[0] as number) << 8) | (v4[1] as number), ((v4[2] as number) << 8) | (v4[3] as number));
       continue;
