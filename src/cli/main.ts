@@ -1,15 +1,30 @@
 import { Command, CommanderError } from "commander";
-import { addAgentCommands } from "./agent.js";
-import { addControlPlaneCommands } from "./controlplane.js";
 import { EXIT, processIo } from "./output.js";
 import type { Io } from "./output.js";
 import { renderCommand } from "./render.js";
 import { validateCommand } from "./validate.js";
-import { addZtunnelCommands } from "./ztunnel.js";
-import { addLabCommands } from "./lab.js";
 
-/** Build the `offmesh` command. Every action resolves to an exit code; nothing calls process.exit. */
-export function buildProgram(io: Io, setExit: (code: number) => void): Command {
+type AddCommands = (program: Command, io: Io, setExit: (code: number) => void) => void;
+
+// The daemons' command groups, loaded only when asked for: a ztunnel process should not carry the
+// control plane, the lab and their libraries in its memory.
+const COMMAND_GROUPS: Readonly<Record<string, () => Promise<AddCommands>>> = {
+  agent: async () => (await import("./agent.js")).addAgentCommands,
+  controlplane: async () => (await import("./controlplane.js")).addControlPlaneCommands,
+  ztunnel: async () => (await import("./ztunnel.js")).addZtunnelCommands,
+  lab: async () => (await import("./lab.js")).addLabCommands,
+};
+
+/**
+ * Build the `offmesh` command for `argv`: every command group when help or an unknown command is
+ * asked for, else just the one named. Every action resolves to an exit code; nothing calls
+ * process.exit.
+ */
+export async function buildProgram(
+  io: Io,
+  setExit: (code: number) => void,
+  argv: readonly string[] = [],
+): Promise<Command> {
   const program = new Command("offmesh")
     .description("offmesh: an ambient service mesh whose node proxy runs on paired DPU nodes")
     .exitOverride()
@@ -37,16 +52,15 @@ export function buildProgram(io: Io, setExit: (code: number) => void): Command {
       setExit(await renderCommand(io, opts)),
     );
 
-  addAgentCommands(program, io, setExit);
-  addControlPlaneCommands(program, io, setExit);
-  addZtunnelCommands(program, io, setExit);
-  addLabCommands(program, io, setExit);
+  const first = argv[0];
+  const groups = first !== undefined && first in COMMAND_GROUPS ? [first] : Object.keys(COMMAND_GROUPS);
+  for (const name of groups) (await COMMAND_GROUPS[name]?.())?.(program, io, setExit);
   return program;
 }
 
 export async function runCli(argv: readonly string[], io: Io = processIo): Promise<number> {
   let code: number = EXIT.ok;
-  const program = buildProgram(io, (c) => (code = c));
+  const program = await buildProgram(io, (c) => (code = c), argv);
   try {
     await program.parseAsync([...argv], { from: "user" });
   } catch (err) {

@@ -56,7 +56,7 @@ async function proxyAuthenticator(opts: ControlPlaneDaemonOptions): Promise<Prox
   const auth = opts.proxyAuth ?? { kind: "lab" };
   if (auth.kind === "lab") return new TokenAuthenticator(await loadOrCreateTokenKey(opts.stateDir));
   return new TokenReviewAuthenticator({
-    review: kubernetesTokenReviewer(auth.kubeconfig),
+    review: await kubernetesTokenReviewer(auth.kubeconfig),
     ...(auth.audiences ? { audiences: auth.audiences } : {}),
   });
 }

@@ -217,8 +217,8 @@ describe("control plane with Kubernetes TokenReview authentication", () => {
     }
   });
 
-  it("names the kubeconfig when it cannot be used", () => {
-    assert.throws(
+  it("names the kubeconfig when it cannot be used", async () => {
+    await assert.rejects(
       () => kubernetesTokenReviewer(join(dir, "missing")),
       (e: unknown) => e instanceof KubeconfigError && /missing: no such file/.test(e.message),
     );

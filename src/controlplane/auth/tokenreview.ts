@@ -4,7 +4,6 @@
 // is taken from the cluster, and the pod must be alive there — as with the lab's tokens.
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { AuthenticationV1Api, KubeConfig } from "@kubernetes/client-node";
 import type { V1TokenReview } from "@kubernetes/client-node";
 import type { ClusterSnapshot } from "../../cluster/types.js";
 import { bearerToken, parseServiceAccountSubject, proxyPodProblem } from "./tokens.js";
@@ -44,9 +43,12 @@ export class KubeconfigError extends Error {
 
 /**
  * A TokenReviewer talking to the API server of `kubeconfig` (a file), or, without one, of the
- * in-cluster service account (the control plane running as a pod).
+ * in-cluster service account (the control plane running as a pod). The Kubernetes client is loaded
+ * here, on demand: it costs ~70 MB of memory, which every other process of offmesh (the ztunnel, the
+ * agent, the lab) would otherwise pay for by sharing the CLI.
  */
-export function kubernetesTokenReviewer(kubeconfig?: string): TokenReviewer {
+export async function kubernetesTokenReviewer(kubeconfig?: string): Promise<TokenReviewer> {
+  const { AuthenticationV1Api, KubeConfig } = await import("@kubernetes/client-node");
   const kc = new KubeConfig();
   const source = kubeconfig ?? "in-cluster service account (KUBERNETES_SERVICE_HOST)";
   try {
