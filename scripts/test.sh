@@ -19,7 +19,15 @@ remove_test_netns() {
     case "$ns" in "omt-${OFFMESH_TEST_RUN}-"*) ip netns del "$ns" || true ;; esac
   done
 }
-trap 'rm -f "$tap"; remove_test_netns' EXIT
+# The end-to-end suite names its labs omt<first 4 of the run id><file letter>; a crashed test process
+# leaves its lab's processes and namespaces, which `lab down` removes.
+remove_test_labs() {
+  local run="${OFFMESH_TEST_RUN:0:4}" name
+  for name in $( { ls /run/offmesh-lab 2>/dev/null; ip netns list 2>/dev/null | awk '{print $1}' | sed -n "s/^\(omt${run}[a-z0-9]\)-.*/\1/p"; } | grep -E "^omt${run}[a-z0-9]$" | sort -u); do
+    "$OFFMESH_ROOT/bin/offmesh" lab down --name "$name" >/dev/null 2>&1 || true
+  done
+}
+trap 'rm -f "$tap"; remove_test_labs; remove_test_netns' EXIT
 status=0
 node --test --test-reporter=spec --test-reporter-destination=stdout \
   --test-reporter=tap --test-reporter-destination="$tap" dist/test/ || status=$?

@@ -61,11 +61,13 @@ ensure_npm_deps() {
   fi
 }
 
-# What the agent, the reconciler and the kernel tests run: iproute2, iptables (nft and legacy),
-# ipset, nsenter, and the reference CNI plugins.
+# What the agent, the reconciler, the lab and the kernel tests run: iproute2, iptables (nft and
+# legacy), ipset, nsenter, the reference CNI plugins, tcpdump (lab verify watches the wire) and
+# iperf3 (the ztunnel benchmark).
 CNI_PLUGIN_DIR=/usr/lib/cni
 ensure_kernel_tools() {
-  ensure_commands ip:iproute2 iptables:iptables iptables-legacy:iptables ipset:ipset nsenter:util-linux
+  ensure_commands ip:iproute2 iptables:iptables iptables-legacy:iptables ipset:ipset nsenter:util-linux \
+    tcpdump:tcpdump iperf3:iperf3 curl:curl
   [ -x "$CNI_PLUGIN_DIR/ptp" ] || apt_install containernetworking-plugins
 }
 

@@ -18,20 +18,27 @@ export interface LabDownResult {
 }
 
 /** Order of shutdown: whoever restarts others first, the API they all watch last. */
-function shutdownOrder(names: string[]): string[] {
-  const rank = (n: string): number =>
-    n.startsWith("kubelet-")
-      ? 0
-      : n.startsWith("pod-")
-        ? 1
-        : n.startsWith("ztunnel-")
-          ? 2
-          : n === "controlplane"
-            ? 3
-            : n.startsWith("agent-")
-              ? 4
-              : 5;
-  return [...names].sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+function shutdownRank(n: string): number {
+  if (n.startsWith("kubelet-")) return 0;
+  if (n.startsWith("pod-")) return 1;
+  if (n.startsWith("ztunnel-")) return 2;
+  if (n === "controlplane") return 3;
+  if (n.startsWith("agent-")) return 4;
+  return 5;
+}
+
+/**
+ * Stop every component rank by rank, the components of one rank together: each ztunnel waits
+ * out the grace period (its peers keep HBONE connections open while it drains), once for all.
+ */
+async function stopInOrder(processes: LabProcesses, graceMs: number): Promise<void> {
+  const byRank = new Map<number, string[]>();
+  for (const name of processes.components()) {
+    const rank = shutdownRank(name);
+    byRank.set(rank, [...(byRank.get(rank) ?? []), name]);
+  }
+  for (const rank of [...byRank.keys()].sort((a, b) => a - b))
+    await Promise.all((byRank.get(rank) ?? []).map((name) => processes.stop(name, graceMs)));
 }
 
 export async function labDown(lab: string, opts: { quiet?: boolean } = {}): Promise<LabDownResult> {
@@ -39,7 +46,7 @@ export async function labDown(lab: string, opts: { quiet?: boolean } = {}): Prom
   const stateDir = labStateDir(lab);
   const processes = new LabProcesses(stateDir);
   const stoppedProcesses = processes.components();
-  await processes.stopAll(3_000, shutdownOrder);
+  await stopInOrder(processes, 3_000);
   // A crash may have left processes without pid files: anything still running inside one of the
   // lab's namespaces was started by the lab.
   for (const ns of await listLabNamespaces(lab)) {
