@@ -5,6 +5,9 @@ import type { Duplex } from "node:stream";
 // as the other's end() while the opposite direction keeps flowing (half-close), as TCP proxies must
 // for request/response protocols that shut down their sending side first.
 
+/** How much one direction may have queued in its writer before its reader is paused. */
+export const MAX_BUFFERED_BYTES = 1024 * 1024;
+
 export interface RelayOptions {
   /** No byte in either direction for this long closes both legs. 0: never. */
   readonly idleTimeoutMs?: number;
@@ -57,7 +60,9 @@ export function relay(downstream: Duplex, upstream: Duplex, opts: RelayOptions =
       from.on("data", (chunk: Buffer) => {
         lastActivity = Date.now();
         count(chunk.length);
-        if (!to.write(chunk)) from.pause();
+        // Pause only past a real backlog: an HTTP/2 stream says "wait" after 16 KiB, which would
+        // otherwise stop and restart the socket on every 64 KiB read.
+        if (!to.write(chunk) && to.writableLength >= MAX_BUFFERED_BYTES) from.pause();
       });
       to.on("drain", () => from.resume());
       from.on("end", () => {
