@@ -1,5 +1,5 @@
 import type { Socket } from "node:net";
-import { connectTcp, isConnectError } from "../ztunnel/sockets/index.js";
+import { connectTcp, isConnectError } from "../sockets/index.js";
 import type { NodeRef } from "../topology/types.js";
 import { MAX_PAIR_LINE_CHARS, openReply, signRequest } from "./pair.js";
 import type { PairBody, PairPod, PairReply } from "./pair.js";

@@ -1,7 +1,7 @@
 import type { Server, Socket } from "node:net";
 import type { Logger } from "pino";
 import type { TopologyNode } from "../topology/types.js";
-import { createListener } from "../ztunnel/sockets/index.js";
+import { createListener } from "../sockets/index.js";
 import { MAX_PAIR_LINE_CHARS, parseRequestLine, RequestVerifier, signReply } from "./pair.js";
 import type { PairOp, PairPod, PairReply } from "./pair.js";
 import { admitCaller } from "./pair-validate.js";

@@ -4,7 +4,7 @@ import type { Command } from "commander";
 import { InvalidArgumentError } from "commander";
 import { pino } from "pino";
 import { startZtunnel } from "../ztunnel/daemon.js";
-import { probeCapabilities } from "../ztunnel/sockets/index.js";
+import { probeCapabilities } from "../sockets/index.js";
 import { EXIT } from "./output.js";
 import type { Io } from "./output.js";
 

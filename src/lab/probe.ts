@@ -1,4 +1,4 @@
-import { connectTcp } from "../ztunnel/sockets/index.js";
+import { connectTcp } from "../sockets/index.js";
 
 // HTTP probes of endpoints that listen on a namespace's own loopback (agent /healthz, ztunnel
 // /healthz/ready): the socket is made inside that namespace, so no route into it is needed.

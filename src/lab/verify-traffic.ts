@@ -1,7 +1,7 @@
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import type { Server, Socket } from "node:net";
-import { connectTcp, createListener } from "../ztunnel/sockets/index.js";
+import { connectTcp, createListener } from "../sockets/index.js";
 import { formatEndpoint } from "./echo.js";
 import type { EchoGreeting } from "./echo.js";
 import { LAB_ENV } from "./processes.js";

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import type net from "node:net";
 import { after, before, describe, it } from "node:test";
-import { connectTcp } from "../../src/ztunnel/sockets/index.js";
+import { connectTcp } from "../../src/sockets/index.js";
 import { createMeshNet } from "../support/meshnet.js";
 import type { MeshNet } from "../support/meshnet.js";
 import type { TcpServer } from "../support/meshnet-tcp.js";

@@ -11,7 +11,7 @@ import { loadOrCreateRoot } from "../../src/controlplane/ca/root.js";
 import { startZtunnel } from "../../src/ztunnel/daemon.js";
 import type { RunningZtunnel } from "../../src/ztunnel/daemon.js";
 import { createKeyAndCsr } from "../../src/ztunnel/identity/csr.js";
-import { connectTcp } from "../../src/ztunnel/sockets/index.js";
+import { connectTcp } from "../../src/sockets/index.js";
 import { createMeshNet } from "../support/meshnet.js";
 import type { MeshNet, MeshPod } from "../support/meshnet.js";
 import type { TcpServer } from "../support/meshnet-tcp.js";

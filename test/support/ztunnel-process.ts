@@ -3,7 +3,7 @@ import http from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after } from "node:test";
-import { connectTcp } from "../../src/ztunnel/sockets/index.js";
+import { connectTcp } from "../../src/sockets/index.js";
 import type { MeshNet, MeshPod } from "./meshnet.js";
 import type { NetnsProcess } from "./meshnet-process.js";
 import { fromRoot } from "./paths.js";

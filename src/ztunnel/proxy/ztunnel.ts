@@ -7,7 +7,7 @@ import type { HboneHandler } from "../hbone/server.js";
 import type { HboneSettings } from "../hbone/settings.js";
 import { baggage, forwarded, traceparent } from "../hbone/headers.js";
 import type { CertificateManager } from "../identity/certificates.js";
-import { connectTcp, createListener, isConnectError } from "../sockets/index.js";
+import { connectTcp, createListener, isConnectError } from "../../sockets/index.js";
 import type { ZtunnelState } from "../state/index.js";
 import { canonicalizeIpText, formatSocketAddress } from "../state/index.js";
 import { logConnection, trafficLabels } from "../telemetry/index.js";

@@ -1,5 +1,5 @@
 // The transparent-socket layer of the ztunnel: listeners and upstream connections with
-// IP_TRANSPARENT, SO_MARK and per-namespace creation, handed to node:net. See docs/ztunnel-sockets.md.
+// IP_TRANSPARENT, SO_MARK and per-namespace creation, handed to node:net. See docs/sockets.md.
 
 export { createListener, DEFAULT_BACKLOG } from "./listener.js";
 export type { ListenerOptions } from "./listener.js";

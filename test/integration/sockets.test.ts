@@ -16,11 +16,11 @@ import {
   setSocketMark,
   socketFd,
   socketMark,
-} from "../../src/ztunnel/sockets/index.js";
-import type { ConnectOptions } from "../../src/ztunnel/sockets/index.js";
-import { createNetnsSwitcher, CURRENT_THREAD_NETNS } from "../../src/ztunnel/sockets/netns.js";
-import type { NetnsSyscalls } from "../../src/ztunnel/sockets/netns.js";
-import { encodeSockaddr, parseIpAddress } from "../../src/ztunnel/sockets/sockaddr.js";
+} from "../../src/sockets/index.js";
+import type { ConnectOptions } from "../../src/sockets/index.js";
+import { createNetnsSwitcher, CURRENT_THREAD_NETNS } from "../../src/sockets/netns.js";
+import type { NetnsSyscalls } from "../../src/sockets/netns.js";
+import { encodeSockaddr, parseIpAddress } from "../../src/sockets/sockaddr.js";
 import { createNetns, rootOnly } from "../support/netns.js";
 import type { TestNetns } from "../support/netns.js";
 import { until } from "../support/wait.js";
