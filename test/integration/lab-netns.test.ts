@@ -2,13 +2,13 @@ import { after, before, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { execFile, execFileSync, spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
-import { randomBytes } from "node:crypto";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { Runner } from "../../src/netapply/exec.js";
+import { e2eLabName } from "../e2e/support/lab.js";
 import type { CommandResult, RunOptions } from "../../src/netapply/exec.js";
 import { internetNetns, labStatePaths, nodeNetns, podNetns, wireNetns } from "../../src/lab/names.js";
 import {
@@ -31,7 +31,8 @@ const run = promisify(execFile);
 const WAIT_MS = 10_000;
 // The lab name doubles as the NIC name's tail, so the test can tell if a NIC ever shows up in the
 // root namespace.
-const LAB = `t${randomBytes(3).toString("hex").slice(0, 5)}`;
+// Named like the end-to-end labs, so scripts/test.sh removes what a crashed run left.
+const LAB = e2eLabName("n");
 const OTHER_LAB = `${LAB.slice(0, 5)}x`;
 const NIC = `n${LAB}`;
 const children: ChildProcess[] = [];
