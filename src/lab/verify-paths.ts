@@ -69,52 +69,69 @@ const missing = (what: string): { skip: string } => ({ skip: `the lab has no ${w
 
 // ---- a: meshed → meshed across nodes ------------------------------------------------------------
 
+/**
+ * Meshed `from` → meshed `to` on nodes served by different ztunnels: HBONE between the two, both
+ * logging both identities, the server seeing the client's address, only TLS on :15008 between nodes.
+ */
+function hboneWalk(
+  ctx: CheckContext,
+  id: string,
+  from: LabPodView,
+  to: LabPodView,
+  cpuCheck: boolean,
+): PlannedCheck {
+  const zf = ztunnelOf(ctx.view, from.node.name);
+  const zt = ztunnelOf(ctx.view, to.node.name);
+  const marker = ctx.marker(id);
+  return {
+    path: `${at(from)} → ${at(to)}:${ECHO_TCP_PORT}`,
+    expected:
+      `connects; the server sees ${from.ip}; the ${zf.node} (outbound) and ${zt.node} (inbound) ztunnels log both ` +
+      `SPIFFE identities; between nodes only TLS on TCP :15008, never the plaintext marker` +
+      (cpuCheck ? "; no proxy process in a CPU node's namespaces" : ""),
+    watches: [
+      nodeWatch(ctx, from.node.name, MESHED_TCP_MARK, true),
+      ztWatch(zf, TPROXY_OUTBOUND, true),
+      ztWatch(zt, TPROXY_HBONE, true),
+    ],
+    async run(ev) {
+      const r = await echoStep(ev, {
+        netns: from.netns,
+        from: from.ref,
+        host: to.ip,
+        port: ECHO_TCP_PORT,
+        marker,
+        answeredBy: to.ref,
+        peer: from.ip,
+      });
+      const ids = { srcIdentity: from.identity, dstIdentity: to.identity };
+      await accessStep(
+        ev,
+        ctx.logs,
+        zf,
+        { direction: "outbound", srcIp: from.ip, target: target(to), hbone: true, ...ids },
+        logWait(r),
+      );
+      await accessStep(
+        ev,
+        ctx.logs,
+        zt,
+        { direction: "inbound", srcIp: from.ip, target: target(to), ...ids },
+        logWait(r),
+      );
+      if (cpuCheck) await cpuProcessStep(ev, ctx.view);
+      return { kind: "tunnel-only", a: from.ip, b: to.ip, marker };
+    },
+  };
+}
+
 const acrossNodes: PathCheck = {
   id: "a",
   title: "meshed → meshed, across nodes (HBONE)",
   plan(ctx) {
     const { client, remote } = ctx.cast;
     if (!client || !remote) return missing("meshed pods on two CPU nodes");
-    const zc = ztunnelOf(ctx.view, client.node.name);
-    const zs = ztunnelOf(ctx.view, remote.node.name);
-    const marker = ctx.marker("a");
-    return {
-      path: `${at(client)} → ${at(remote)}:${ECHO_TCP_PORT}`,
-      expected: `connects; the server sees ${client.ip}; the ${zc.node} (outbound) and ${zs.node} (inbound) ztunnels log both SPIFFE identities; between nodes only TLS on TCP :15008, never the plaintext marker; no proxy process in a CPU node's namespaces`,
-      watches: [
-        nodeWatch(ctx, client.node.name, MESHED_TCP_MARK, true),
-        ztWatch(zc, TPROXY_OUTBOUND, true),
-        ztWatch(zs, TPROXY_HBONE, true),
-      ],
-      async run(ev) {
-        const r = await echoStep(ev, {
-          netns: client.netns,
-          from: client.ref,
-          host: remote.ip,
-          port: ECHO_TCP_PORT,
-          marker,
-          answeredBy: remote.ref,
-          peer: client.ip,
-        });
-        const ids = { srcIdentity: client.identity, dstIdentity: remote.identity };
-        await accessStep(
-          ev,
-          ctx.logs,
-          zc,
-          { direction: "outbound", srcIp: client.ip, target: target(remote), hbone: true, ...ids },
-          logWait(r),
-        );
-        await accessStep(
-          ev,
-          ctx.logs,
-          zs,
-          { direction: "inbound", srcIp: client.ip, target: target(remote), ...ids },
-          logWait(r),
-        );
-        await cpuProcessStep(ev, ctx.view);
-        return { kind: "tunnel-only", a: client.ip, b: remote.ip, marker };
-      },
-    };
+    return hboneWalk(ctx, "a", client, remote, true);
   },
 };
 
@@ -439,45 +456,7 @@ function singleWalk(id: string, outbound: boolean): PathCheck {
       const { single, client } = ctx.cast;
       if (!single || !client) return missing("meshed pod on a single node and one on a CPU node");
       const [from, to] = outbound ? [single, client] : [client, single];
-      const zf = ztunnelOf(ctx.view, from.node.name);
-      const zt = ztunnelOf(ctx.view, to.node.name);
-      const marker = ctx.marker(id);
-      return {
-        path: `${at(from)} → ${at(to)}:${ECHO_TCP_PORT}`,
-        expected: `HBONE from the ${zf.node} ztunnel to the ${zt.node} ztunnel, both logging both identities; the server sees ${from.ip}; between nodes only TLS on TCP :15008`,
-        watches: [
-          nodeWatch(ctx, from.node.name, MESHED_TCP_MARK, true),
-          ztWatch(zf, TPROXY_OUTBOUND, true),
-          ztWatch(zt, TPROXY_HBONE, true),
-        ],
-        async run(ev) {
-          const r = await echoStep(ev, {
-            netns: from.netns,
-            from: from.ref,
-            host: to.ip,
-            port: ECHO_TCP_PORT,
-            marker,
-            answeredBy: to.ref,
-            peer: from.ip,
-          });
-          const ids = { srcIdentity: from.identity, dstIdentity: to.identity };
-          await accessStep(
-            ev,
-            ctx.logs,
-            zf,
-            { direction: "outbound", srcIp: from.ip, target: target(to), hbone: true, ...ids },
-            logWait(r),
-          );
-          await accessStep(
-            ev,
-            ctx.logs,
-            zt,
-            { direction: "inbound", srcIp: from.ip, target: target(to), ...ids },
-            logWait(r),
-          );
-          return { kind: "tunnel-only", a: from.ip, b: to.ip, marker };
-        },
-      };
+      return hboneWalk(ctx, id, from, to, false);
     },
   };
 }
