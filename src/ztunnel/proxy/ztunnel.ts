@@ -15,7 +15,7 @@ import type { ConnectionRecorder, Direction, ZtunnelMetrics } from "../telemetry
 import { TunnelProtocol } from "../../xds/types.js";
 import type { Workload } from "../../xds/types.js";
 import { planInbound, planOutbound, ZTUNNEL_PORTS } from "./plan.js";
-import type { OutboundPlan } from "./plan.js";
+import type { InboundPlan, OutboundPlan } from "./plan.js";
 import { relay } from "./relay.js";
 
 // The data path: three transparent listeners (outbound 15001, inbound plaintext 15006, inbound
@@ -370,24 +370,12 @@ export class Ztunnel {
       sourceIp,
       sourceIdentity: req.peer.identity,
     });
-    const labels = {
-      reporter: "destination" as const,
-      ...(source ? { source } : {}),
-      sourcePrincipal: req.peer.identity,
-      ...(plan.workload ? { destination: plan.workload } : {}),
-      ...(plan.kind === "forward" ? { destinationPrincipal: plan.identity } : {}),
-      mtls: true,
-    };
-    const entry = {
-      direction: "inbound" as const,
-      sourceAddress,
-      ...(source ? { source } : {}),
+    const { labels, entry } = describeInbound(plan, {
+      source,
       sourceIdentity: req.peer.identity,
+      sourceAddress,
       destinationAddress,
-      hboneAddress: destinationAddress,
-      ...(plan.workload ? { destination: plan.workload } : {}),
-      ...(plan.kind === "forward" ? { destinationIdentity: plan.identity } : {}),
-    };
+    });
     if (plan.kind === "reject") {
       this.opts.metrics
         .connectionOpened(trafficLabels(labels))
@@ -454,21 +442,7 @@ export class Ztunnel {
     const destinationAddress = formatSocketAddress(targetIp, targetPort);
     const source = this.opts.state.workloadByIp(sourceIp);
     const plan = planInbound(this.opts.state, { targetIp, targetPort, sourceIp });
-    const labels = {
-      reporter: "destination" as const,
-      ...(source ? { source } : {}),
-      ...(plan.workload ? { destination: plan.workload } : {}),
-      ...(plan.kind === "forward" ? { destinationPrincipal: plan.identity } : {}),
-      mtls: false,
-    };
-    const entry = {
-      direction: "inbound" as const,
-      sourceAddress,
-      ...(source ? { source } : {}),
-      destinationAddress,
-      ...(plan.workload ? { destination: plan.workload } : {}),
-      ...(plan.kind === "forward" ? { destinationIdentity: plan.identity } : {}),
-    };
+    const { labels, entry } = describeInbound(plan, { source, sourceAddress, destinationAddress });
     if (plan.kind === "reject") {
       this.refuse(socket, {
         ...entry,
@@ -608,6 +582,41 @@ export class Ztunnel {
     this.open.add(stream);
     stream.once("close", () => this.open.delete(stream));
   }
+}
+
+/**
+ * The metric labels and access-log fields of an inbound connection: HBONE when the client's
+ * identity is known (the CONNECT target is then also the log's `dst.hbone_addr`), plaintext else.
+ */
+function describeInbound(
+  plan: InboundPlan,
+  c: {
+    source: Workload | undefined;
+    sourceIdentity?: string;
+    sourceAddress: string;
+    destinationAddress: string;
+  },
+) {
+  const mtls = c.sourceIdentity !== undefined;
+  const labels = {
+    reporter: "destination" as const,
+    ...(c.source ? { source: c.source } : {}),
+    ...(mtls ? { sourcePrincipal: c.sourceIdentity } : {}),
+    ...(plan.workload ? { destination: plan.workload } : {}),
+    ...(plan.kind === "forward" ? { destinationPrincipal: plan.identity } : {}),
+    mtls,
+  };
+  const entry = {
+    direction: "inbound" as const,
+    sourceAddress: c.sourceAddress,
+    ...(c.source ? { source: c.source } : {}),
+    ...(mtls ? { sourceIdentity: c.sourceIdentity } : {}),
+    destinationAddress: c.destinationAddress,
+    ...(mtls ? { hboneAddress: c.destinationAddress } : {}),
+    ...(plan.workload ? { destination: plan.workload } : {}),
+    ...(plan.kind === "forward" ? { destinationIdentity: plan.identity } : {}),
+  };
+  return { labels, entry };
 }
 
 class DeniedError extends Error {
