@@ -41,8 +41,7 @@ async function stopInOrder(processes: LabProcesses, graceMs: number): Promise<vo
     await Promise.all((byRank.get(rank) ?? []).map((name) => processes.stop(name, graceMs)));
 }
 
-export async function labDown(lab: string, opts: { quiet?: boolean } = {}): Promise<LabDownResult> {
-  void opts;
+export async function labDown(lab: string): Promise<LabDownResult> {
   const stateDir = labStateDir(lab);
   const processes = new LabProcesses(stateDir);
   const stoppedProcesses = processes.components();

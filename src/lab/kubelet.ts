@@ -43,6 +43,8 @@ interface Sandbox {
   readonly netns: string;
   readonly ip: string;
   readonly containerId: string;
+  /** Decided once, from the pod's labels when the sandbox was made. */
+  readonly ztunnel: boolean;
 }
 
 export class LabKubelet {
@@ -181,6 +183,7 @@ export class LabKubelet {
       netns,
       ip,
       containerId: attachment.containerId,
+      ztunnel: isZtunnel(pod),
     };
     this.sandboxes.set(pod.uid, sandbox);
     this.saveSandboxes();
@@ -220,14 +223,15 @@ export class LabKubelet {
     const last = this.lastRestart.get(component) ?? 0;
     if (Date.now() - last < RESTART_BACKOFF_MS) return;
     this.lastRestart.set(component, Date.now());
-    const spec = isZtunnel(pod) ? this.ztunnelSpec(pod, sandbox) : this.echoSpec(pod, sandbox);
+    const spec = sandbox.ztunnel ? this.ztunnelSpec(pod, sandbox) : this.echoSpec(pod, sandbox);
     if (!spec) return;
     const pid = this.processes.start(spec);
     this.opts.log.info({ pod: `${pod.namespace}/${pod.name}`, pid, component }, "container started");
   }
 
+  /** The process a sandbox runs: the node's ztunnel for the ztunnel pod, the echo for workloads. */
   private componentOf(sandbox: Sandbox): string {
-    return sandbox.namespace === "istio-system" && sandbox.name.startsWith("ztunnel-")
+    return sandbox.ztunnel
       ? ztunnelComponent(this.opts.node)
       : workloadComponent(sandbox.namespace, sandbox.name);
   }

@@ -76,7 +76,7 @@ export async function labUp(
   const stateDir = labStateDir(spec.name);
   const paths = labStatePaths(stateDir);
   progress.step(`removing leftovers of an earlier lab "${spec.name}"`);
-  await labDown(spec.name, { quiet: true });
+  await labDown(spec.name);
 
   mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   writeFileSync(paths.spec, formatSpec(spec));
