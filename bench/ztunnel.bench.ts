@@ -26,6 +26,7 @@ import type { NetnsProcess } from "../test/support/meshnet-process.js";
 import { fromRoot } from "../test/support/paths.js";
 import { startZtunnelProcess } from "../test/support/ztunnel-process.js";
 import type { ZtunnelProcess } from "../test/support/ztunnel-process.js";
+import { ZTUNNEL_NODE_FLAGS } from "../src/ztunnel/daemon.js";
 import type { LoadResult } from "./ztunnel-loadgen.js";
 import {
   cpuTicksOfStat,
@@ -539,7 +540,9 @@ async function main(): Promise<void> {
   let zts: [ZtunnelProcess, ZtunnelProcess] | undefined;
   try {
     if (PROFILE !== undefined) return await profile(mesh, machine, PROFILE);
-    zts = await startZtunnels(mesh);
+    // The flags the lab runs ztunnels with; ZTUNNEL_NODE_ARGS replaces them for experiments.
+    const nodeArgs = process.env.ZTUNNEL_NODE_ARGS?.split(" ").filter(Boolean) ?? [...ZTUNNEL_NODE_FLAGS];
+    zts = await startZtunnels(mesh, nodeArgs);
     helpers.push(await startEcho(mesh, "server"), await startEcho(mesh, "plain-server"));
     const results = await measure(mesh, machine, zts);
     const { table, notes, verdict } = report(results);
@@ -549,7 +552,7 @@ async function main(): Promise<void> {
       [
         `## ${new Date().toISOString().slice(0, 10)} — ztunnel: two processes, HBONE between two nodes`,
         "",
-        `${machineLine(machine)} One machine holds everything: both nodes (network namespaces on a veth wire), the pods, both ztunnel processes (\`offmesh ztunnel run\`, log level info, so one access-log line per connection), the control plane and the load generators. Baseline: the non-meshed pods plain-client → plain-server on the same nodes (same veths and wire, no capture, no proxy).`,
+        `${machineLine(machine)} One machine holds everything: both nodes (network namespaces on a veth wire), the pods, both ztunnel processes (\`node ${nodeArgs.join(" ")} bin/offmesh ztunnel run\`, log level info, so one access-log line per connection), the control plane and the load generators. Baseline: the non-meshed pods plain-client → plain-server on the same nodes (same veths and wire, no capture, no proxy).`,
         "",
         table,
         "",

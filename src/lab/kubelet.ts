@@ -8,6 +8,7 @@ import { issueProxyToken, loadOrCreateTokenKey, serviceAccountSubject } from "..
 import { CniRuntime, createPodNetns, deletePodNetns, kubernetesCniArgs, netnsPath } from "../cni/runtime.js";
 import type { CniAttachment, RuntimeConflist } from "../cni/runtime.js";
 import { writeFileAtomic } from "../fsutil/atomic.js";
+import { ZTUNNEL_NODE_FLAGS } from "../ztunnel/daemon.js";
 import { labStatePaths, nodeNetns, podNetns, ztunnelComponent, workloadComponent } from "./names.js";
 import { LabProcesses } from "./processes.js";
 import type { ComponentSpec } from "./processes.js";
@@ -267,6 +268,7 @@ export class LabKubelet {
       netns: sandbox.netns,
       argv: [
         process.execPath,
+        ...ZTUNNEL_NODE_FLAGS,
         this.opts.cliMain,
         "ztunnel",
         "run",
