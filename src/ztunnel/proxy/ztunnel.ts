@@ -113,9 +113,25 @@ export class Ztunnel {
       });
       this.listeners.push(server);
     };
-    await listen(this.ports.outbound, ZTUNNEL_MARKS.outboundListener, (s) => void this.onOutbound(s));
-    await listen(this.ports.inboundPlaintext, ZTUNNEL_MARKS.inboundListener, (s) => void this.onPlaintext(s));
+    await listen(this.ports.outbound, ZTUNNEL_MARKS.outboundListener, (s) =>
+      this.guard(s, this.onOutbound(s)),
+    );
+    await listen(this.ports.inboundPlaintext, ZTUNNEL_MARKS.inboundListener, (s) =>
+      this.guard(s, this.onPlaintext(s)),
+    );
     await listen(this.ports.inbound, ZTUNNEL_MARKS.inboundListener, (s) => this.onHboneConnection(s));
+  }
+
+  /** A handler that failed unexpectedly costs its connection, never the process. */
+  private guard(socket: net.Socket, handling: Promise<void>): void {
+    handling.catch((err: unknown) => {
+      this.opts.log.error(
+        { err: (err as Error).message, peer: socket.remoteAddress },
+        "connection handler failed",
+      );
+      reset(socket);
+      this.open.delete(socket);
+    });
   }
 
   /** The ports actually bound (a port of 0 in the options picks one). */
