@@ -200,34 +200,39 @@ const toPlainSameNode: PathCheck = {
         ztWatch(zt, TPROXY_OUTBOUND, true),
         nodeWatch(ctx, client.node.name, nicSkip(ctx.view.spec.nic), true),
       ],
-      async run(ev) {
-        const r = await echoStep(ev, {
-          netns: client.netns,
-          from: client.ref,
-          host: plainNeighbour.ip,
-          port: ECHO_TCP_PORT,
-          marker: ctx.marker("c1"),
-          answeredBy: plainNeighbour.ref,
-          peer: client.ip,
-        });
-        await accessStep(
-          ev,
-          ctx.logs,
-          zt,
-          {
-            direction: "outbound",
-            srcIp: client.ip,
-            target: target(plainNeighbour),
-            hbone: false,
-            dstIdentity: null,
-          },
-          logWait(r),
-        );
-        return undefined;
-      },
+      run: passthroughRun(ctx, zt, client, plainNeighbour, "c1"),
     };
   },
 };
+
+/** A meshed client's connection to a non-mesh pod: answered from the client's address, logged as passthrough. */
+function passthroughRun(
+  ctx: CheckContext,
+  zt: ZtunnelView,
+  client: LabPodView,
+  to: LabPodView,
+  id: string,
+): PlannedCheck["run"] {
+  return async (ev) => {
+    const r = await echoStep(ev, {
+      netns: client.netns,
+      from: client.ref,
+      host: to.ip,
+      port: ECHO_TCP_PORT,
+      marker: ctx.marker(id),
+      answeredBy: to.ref,
+      peer: client.ip,
+    });
+    await accessStep(
+      ev,
+      ctx.logs,
+      zt,
+      { direction: "outbound", srcIp: client.ip, target: target(to), hbone: false, dstIdentity: null },
+      logWait(r),
+    );
+    return undefined;
+  };
+}
 
 const toPlainOtherNode: PathCheck = {
   id: "c2",
@@ -240,31 +245,7 @@ const toPlainOtherNode: PathCheck = {
       path: `${at(client)} → ${at(plainRemote)}:${ECHO_TCP_PORT}`,
       expected: `passthrough by the ${zt.node} ztunnel: connects, the server sees ${client.ip}`,
       watches: [nodeWatch(ctx, client.node.name, MESHED_TCP_MARK, true), ztWatch(zt, TPROXY_OUTBOUND, true)],
-      async run(ev) {
-        const r = await echoStep(ev, {
-          netns: client.netns,
-          from: client.ref,
-          host: plainRemote.ip,
-          port: ECHO_TCP_PORT,
-          marker: ctx.marker("c2"),
-          answeredBy: plainRemote.ref,
-          peer: client.ip,
-        });
-        await accessStep(
-          ev,
-          ctx.logs,
-          zt,
-          {
-            direction: "outbound",
-            srcIp: client.ip,
-            target: target(plainRemote),
-            hbone: false,
-            dstIdentity: null,
-          },
-          logWait(r),
-        );
-        return undefined;
-      },
+      run: passthroughRun(ctx, zt, client, plainRemote, "c2"),
     };
   },
 };
