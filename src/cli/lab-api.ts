@@ -23,7 +23,7 @@ import { readConfigText } from "../configfile/read.js";
 import { locateIssues, parseManifestRefs, parseManifests } from "../lab/api/manifests.js";
 import type { LocatedObject, LocatedRef } from "../lab/api/manifests.js";
 import type { DeletedObject, ObjectRef, StateBody } from "../lab/api/protocol.js";
-import { DEFAULT_LAB_NAME, defaultApiSocket, labStateDir } from "../lab/api/protocol.js";
+import { DEFAULT_LAB_NAME, defaultApiSocket, labStateDir } from "../lab/names.js";
 import type { ObjectKind } from "../lab/api/schema.js";
 import {
   DEFAULT_SERVICE_CIDR,

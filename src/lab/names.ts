@@ -100,6 +100,13 @@ export const LAB_RUN_ROOT = "/run/offmesh-lab";
 
 export const labStateDir = (lab: string, runRoot: string = LAB_RUN_ROOT): string => join(runRoot, lab);
 
+/** The lab API server's files in a state directory: its socket and its persisted cluster. */
+export const API_SOCKET_FILE = "api.sock";
+export const CLUSTER_STATE_FILE = "cluster.json";
+
+/** Where the API server of lab `lab` listens. */
+export const defaultApiSocket = (lab: string): string => join(labStateDir(lab), API_SOCKET_FILE);
+
 export interface LabNodePaths {
   readonly dir: string;
   /** The CNI conflist directory the node's agent writes and the runtime reads. */
@@ -142,8 +149,8 @@ export function labStatePaths(dir: string): LabStatePaths {
     dir,
     spec: join(dir, "spec.yaml"),
     clusterConf: join(dir, "cluster-conf.yaml"),
-    clusterJson: join(dir, "cluster.json"),
-    apiSocket: join(dir, "api.sock"),
+    clusterJson: join(dir, CLUSTER_STATE_FILE),
+    apiSocket: join(dir, API_SOCKET_FILE),
     network: join(dir, "network.json"),
     pidsDir,
     logsDir,

@@ -13,9 +13,8 @@ import {
   TPROXY_PLAINTEXT,
   UDP_SKIP,
 } from "./verify-rules.js";
-import { accessStep, cpuProcessStep, echoStep } from "./verify-steps.js";
-import type { Evidence, WireRule } from "./verify-steps.js";
-import type { EchoExchange } from "./verify-traffic.js";
+import { cpuProcessStep, loggedEchoStep } from "./verify-steps.js";
+import type { EchoStep, Evidence, WireRule } from "./verify-steps.js";
 import { askUdpEchoFrom, startTcpEchoIn, startUdpEcho } from "./verify-traffic.js";
 
 // The packet walks of the lab's design, each a live check: what it sends, where, and what it
@@ -62,8 +61,16 @@ function ztWatch(zt: ZtunnelView, rule: WatchedRule, must: boolean): Watch {
   return { where: `${zt.node}/ztunnel`, netns: zt.netns, rule, must };
 }
 
-/** How long to wait for a connection's access-log line: a failed connection's comes at once, if at all. */
-const logWait = (r: EchoExchange): number => (r.ok ? 3_000 : 500);
+/** The echo exchange between two pods: the answer must come from `to`, which must see `from`'s address. */
+const podEcho = (from: LabPodView, to: LabPodView, marker: string): EchoStep => ({
+  netns: from.netns,
+  from: from.ref,
+  host: to.ip,
+  port: ECHO_TCP_PORT,
+  marker,
+  answeredBy: to.ref,
+  peer: from.ip,
+});
 
 const missing = (what: string): { skip: string } => ({ skip: `the lab has no ${what}` });
 
@@ -95,30 +102,11 @@ function hboneWalk(
       ztWatch(zt, TPROXY_HBONE, true),
     ],
     async run(ev) {
-      const r = await echoStep(ev, {
-        netns: from.netns,
-        from: from.ref,
-        host: to.ip,
-        port: ECHO_TCP_PORT,
-        marker,
-        answeredBy: to.ref,
-        peer: from.ip,
-      });
       const ids = { srcIdentity: from.identity, dstIdentity: to.identity };
-      await accessStep(
-        ev,
-        ctx.logs,
-        zf,
-        { direction: "outbound", srcIp: from.ip, target: target(to), hbone: true, ...ids },
-        logWait(r),
-      );
-      await accessStep(
-        ev,
-        ctx.logs,
-        zt,
-        { direction: "inbound", srcIp: from.ip, target: target(to), ...ids },
-        logWait(r),
-      );
+      await loggedEchoStep(ev, ctx.logs, podEcho(from, to, marker), [
+        [zf, { direction: "outbound", srcIp: from.ip, target: target(to), hbone: true, ...ids }],
+        [zt, { direction: "inbound", srcIp: from.ip, target: target(to), ...ids }],
+      ]);
       if (cpuCheck) await cpuProcessStep(ev, ctx.view);
       return { kind: "tunnel-only", a: from.ip, b: to.ip, marker };
     },
@@ -154,29 +142,19 @@ const sameNode: PathCheck = {
         ztWatch(zt, TPROXY_HBONE, false),
       ],
       async run(ev) {
-        const r = await echoStep(ev, {
-          netns: client.netns,
-          from: client.ref,
-          host: neighbour.ip,
-          port: ECHO_TCP_PORT,
-          marker,
-          answeredBy: neighbour.ref,
-          peer: client.ip,
-        });
-        await accessStep(
-          ev,
-          ctx.logs,
-          zt,
-          {
-            direction: "outbound",
-            srcIp: client.ip,
-            target: target(neighbour),
-            hbone: false,
-            srcIdentity: client.identity,
-            dstIdentity: neighbour.identity,
-          },
-          logWait(r),
-        );
+        await loggedEchoStep(ev, ctx.logs, podEcho(client, neighbour, marker), [
+          [
+            zt,
+            {
+              direction: "outbound",
+              srcIp: client.ip,
+              target: target(neighbour),
+              hbone: false,
+              srcIdentity: client.identity,
+              dstIdentity: neighbour.identity,
+            },
+          ],
+        ]);
         return { kind: "stays-in-pair", a: client.ip, b: neighbour.ip, marker };
       },
     };
@@ -214,22 +192,9 @@ function passthroughRun(
   id: string,
 ): PlannedCheck["run"] {
   return async (ev) => {
-    const r = await echoStep(ev, {
-      netns: client.netns,
-      from: client.ref,
-      host: to.ip,
-      port: ECHO_TCP_PORT,
-      marker: ctx.marker(id),
-      answeredBy: to.ref,
-      peer: client.ip,
-    });
-    await accessStep(
-      ev,
-      ctx.logs,
-      zt,
-      { direction: "outbound", srcIp: client.ip, target: target(to), hbone: false, dstIdentity: null },
-      logWait(r),
-    );
+    await loggedEchoStep(ev, ctx.logs, podEcho(client, to, ctx.marker(id)), [
+      [zt, { direction: "outbound", srcIp: client.ip, target: target(to), hbone: false, dstIdentity: null }],
+    ]);
     return undefined;
   };
 }
@@ -265,26 +230,25 @@ const toInternet: PathCheck = {
       async run(ev) {
         const server = await startTcpEchoIn(internetNetns(ctx.view.lab), address, "internet");
         try {
-          const r = await echoStep(ev, {
+          const exchange = {
             netns: client.netns,
             from: client.ref,
             host: address,
             port: server.port,
             marker: ctx.marker("c3"),
             answeredBy: "internet",
-          });
-          await accessStep(
-            ev,
-            ctx.logs,
-            zt,
-            {
-              direction: "outbound",
-              srcIp: client.ip,
-              target: `${address}:${server.port}`,
-              dstIdentity: null,
-            },
-            logWait(r),
-          );
+          };
+          await loggedEchoStep(ev, ctx.logs, exchange, [
+            [
+              zt,
+              {
+                direction: "outbound",
+                srcIp: client.ip,
+                target: `${address}:${server.port}`,
+                dstIdentity: null,
+              },
+            ],
+          ]);
         } finally {
           await server.close();
         }
@@ -357,28 +321,18 @@ const plainToMeshedSameNode: PathCheck = {
       expected: `routed to ${zt.node} and into its ztunnel's plaintext inbound port 15006: an inbound line without a source identity; the server sees ${plainSource.ip}; never leaves the pair`,
       watches: [ztWatch(zt, TPROXY_PLAINTEXT, true)],
       async run(ev) {
-        const r = await echoStep(ev, {
-          netns: plainSource.netns,
-          from: plainSource.ref,
-          host: to.ip,
-          port: ECHO_TCP_PORT,
-          marker,
-          answeredBy: to.ref,
-          peer: plainSource.ip,
-        });
-        await accessStep(
-          ev,
-          ctx.logs,
-          zt,
-          {
-            direction: "inbound",
-            srcIp: plainSource.ip,
-            target: target(to),
-            srcIdentity: null,
-            dstIdentity: to.identity,
-          },
-          logWait(r),
-        );
+        await loggedEchoStep(ev, ctx.logs, podEcho(plainSource, to, marker), [
+          [
+            zt,
+            {
+              direction: "inbound",
+              srcIp: plainSource.ip,
+              target: target(to),
+              srcIdentity: null,
+              dstIdentity: to.identity,
+            },
+          ],
+        ]);
         return { kind: "stays-in-pair", a: plainSource.ip, b: to.ip, marker };
       },
     };
@@ -399,7 +353,7 @@ const hostToMeshed: PathCheck = {
       expected: `table 100 sends it to ${zt.node}, whose ztunnel takes it on 15006 (inbound line from ${cpu.ip}, no identity); the replies come back through the DPU (connmark 0x80); the server sees ${cpu.ip}`,
       watches: [nodeWatch(ctx, cpu.name, CAPTURED_REPLY, true), ztWatch(zt, TPROXY_PLAINTEXT, true)],
       async run(ev) {
-        const r = await echoStep(ev, {
+        const exchange = {
           netns: nodeNetns(ctx.view.lab, cpu.name),
           from: `host of ${cpu.name}`,
           host: to.ip,
@@ -407,20 +361,19 @@ const hostToMeshed: PathCheck = {
           marker,
           answeredBy: to.ref,
           peer: cpu.ip,
-        });
-        await accessStep(
-          ev,
-          ctx.logs,
-          zt,
-          {
-            direction: "inbound",
-            srcIp: cpu.ip,
-            target: target(to),
-            srcIdentity: null,
-            dstIdentity: to.identity,
-          },
-          logWait(r),
-        );
+        };
+        await loggedEchoStep(ev, ctx.logs, exchange, [
+          [
+            zt,
+            {
+              direction: "inbound",
+              srcIp: cpu.ip,
+              target: target(to),
+              srcIdentity: null,
+              dstIdentity: to.identity,
+            },
+          ],
+        ]);
         return { kind: "stays-in-pair", a: cpu.ip, b: to.ip, marker };
       },
     };

@@ -79,6 +79,21 @@ export interface AccessExpectation {
   readonly error?: string;
 }
 
+/**
+ * An exchange, then the access-log line each ztunnel on its path must have written for it. A failed
+ * connection's line comes at once if at all, so it is waited for only briefly.
+ */
+export async function loggedEchoStep(
+  ev: Evidence,
+  logs: AccessLogReader,
+  exchange: EchoStep,
+  lines: readonly (readonly [ZtunnelView, AccessExpectation])[],
+): Promise<EchoExchange> {
+  const r = await echoStep(ev, exchange);
+  for (const [zt, want] of lines) await accessStep(ev, logs, zt, want, r.ok ? 3_000 : 500);
+  return r;
+}
+
 /** The ztunnel's access-log line of a connection, and whether its fields are the expected ones. */
 export async function accessStep(
   ev: Evidence,

@@ -1,4 +1,3 @@
-import { join } from "node:path";
 import { z } from "zod";
 import { ClusterState } from "../../cluster/memory.js";
 import type {
@@ -28,15 +27,6 @@ import {
 // Kubernetes API server. Every line a client sends is a request with an `id`; every answer
 // carries it. A connection may send any number of requests; a `watch` turns it into a stream:
 // one snapshot, then every change as an event, in order, until either side closes.
-
-export const LAB_STATE_ROOT = "/run/offmesh-lab";
-export const DEFAULT_LAB_NAME = "oml";
-export const API_SOCKET_FILE = "api.sock";
-export const CLUSTER_STATE_FILE = "cluster.json";
-
-export const labStateDir = (name: string = DEFAULT_LAB_NAME): string => join(LAB_STATE_ROOT, name);
-export const defaultApiSocket = (name: string = DEFAULT_LAB_NAME): string =>
-  join(labStateDir(name), API_SOCKET_FILE);
 
 /** A request line longer than this is refused (a manifest of thousands of pods is far below it). */
 export const MAX_REQUEST_CHARS = 32 * 1024 * 1024;

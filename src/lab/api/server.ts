@@ -27,10 +27,9 @@ import type {
   ServerMessage,
   TopologyResult,
 } from "./protocol.js";
+import { API_SOCKET_FILE, CLUSTER_STATE_FILE } from "../names.js";
 import {
-  API_SOCKET_FILE,
   checkObjects,
-  CLUSTER_STATE_FILE,
   encodeLine,
   LineBuffer,
   MAX_REQUEST_CHARS,
