@@ -1,7 +1,9 @@
+import http from "node:http";
 import { connectTcp } from "../sockets/index.js";
 
-// HTTP probes of endpoints that listen on a namespace's own loopback (agent /healthz, ztunnel
-// /healthz/ready): the socket is made inside that namespace, so no route into it is needed.
+// HTTP requests to endpoints that listen on a namespace's own loopback (agent /healthz, ztunnel
+// /healthz/ready, /config_dump, /quitquitquit): the socket is made inside that namespace, so no
+// route into it is needed.
 
 export interface ProbeResult {
   readonly status?: number;
@@ -9,40 +11,46 @@ export interface ProbeResult {
   readonly error?: string;
 }
 
-export async function httpGetInNetns(
+export interface ProbeOptions {
+  readonly method?: string;
+  readonly timeoutMs?: number;
+}
+
+/** One request to 127.0.0.1:`port` inside the namespace at `netnsPath`; never rejects. */
+export async function httpInNetns(
   netnsPath: string,
   port: number,
   path: string,
-  timeoutMs = 2_000,
+  opts: ProbeOptions = {},
 ): Promise<ProbeResult> {
-  let socket;
+  const method = opts.method ?? "GET";
+  const timeoutMs = opts.timeoutMs ?? 2_000;
+  let socket: Awaited<ReturnType<typeof connectTcp>>;
   try {
     socket = await connectTcp({ host: "127.0.0.1", port, netnsPath, timeoutMs });
   } catch (err) {
     return { error: (err as Error).message };
   }
   return new Promise((resolve) => {
-    let data = "";
-    const timer = setTimeout(() => {
+    // No `agent` option: with one (even `false`), node dials through the agent and ignores
+    // createConnection, which would connect in this process's own namespace.
+    const req = http.request(
+      { host: "127.0.0.1", port, path, method, createConnection: () => socket },
+      (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (chunk: string) => (body += chunk));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+        res.on("error", (err) => resolve({ error: err.message }));
+      },
+    );
+    req.setTimeout(timeoutMs, () =>
+      req.destroy(new Error(`${method} ${path}: no answer within ${timeoutMs} ms`)),
+    );
+    req.on("error", (err) => {
       socket.destroy();
-      resolve({ error: `no answer within ${timeoutMs} ms` });
-    }, timeoutMs);
-    socket.setEncoding("utf8");
-    socket.on("data", (d: string) => (data += d));
-    socket.on("error", (err) => {
-      clearTimeout(timer);
       resolve({ error: err.message });
     });
-    socket.on("close", () => {
-      clearTimeout(timer);
-      const m = /^HTTP\/1\.[01] (\d{3})/.exec(data);
-      const body = data.slice(data.indexOf("\r\n\r\n") + 4);
-      resolve(
-        m
-          ? { status: Number(m[1]), body }
-          : { error: `not an HTTP answer: ${JSON.stringify(data.slice(0, 80))}` },
-      );
-    });
-    socket.end(`GET ${path} HTTP/1.0\r\nHost: localhost\r\n\r\n`);
+    req.end();
   });
 }

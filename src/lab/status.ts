@@ -3,7 +3,7 @@ import { labGet } from "../cluster/lab-client.js";
 import { netnsPath } from "../cni/runtime.js";
 import { isZtunnel } from "../cluster/membership.js";
 import { labStateDir, labStatePaths, nodeNetns, podNetns } from "./names.js";
-import { httpGetInNetns } from "./probe.js";
+import { httpInNetns } from "./probe.js";
 import { LabProcesses } from "./processes.js";
 import { labNodes, resolveSpec } from "./spec.js";
 
@@ -54,7 +54,7 @@ export async function labStatus(lab: string): Promise<LabStatus | undefined> {
   });
   const nodes = await Promise.all(
     labNodes(spec).map(async (n) => {
-      const probe = await httpGetInNetns(netnsPath(nodeNetns(lab, n.name)), AGENT_METRICS_PORT, "/healthz");
+      const probe = await httpInNetns(netnsPath(nodeNetns(lab, n.name)), AGENT_METRICS_PORT, "/healthz");
       const agent = probe.status === 200 ? "healthy" : `unhealthy (${probe.error ?? `HTTP ${probe.status}`})`;
       if (probe.status !== 200) problems.push(`agent on ${n.name} is ${agent}`);
       return { name: n.name, role: n.role, ip: n.ip, podCIDR: n.podCIDR, agent };
@@ -70,7 +70,7 @@ export async function labStatus(lab: string): Promise<LabStatus | undefined> {
     for (const p of got.state.pods) {
       let health = p.phase === "Running" ? "running" : p.phase.toLowerCase();
       if (isZtunnel(p) && p.nodeName && p.phase === "Running") {
-        const probe = await httpGetInNetns(
+        const probe = await httpInNetns(
           netnsPath(podNetns(lab, p.nodeName, p.namespace, p.name)),
           ZTUNNEL_READINESS_PORT,
           "/healthz/ready",

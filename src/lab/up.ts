@@ -18,7 +18,7 @@ import {
 import type { LabStatePaths } from "./names.js";
 import { netnsPath } from "../cni/runtime.js";
 import { createLabNetwork } from "./netns.js";
-import { httpGetInNetns } from "./probe.js";
+import { httpInNetns } from "./probe.js";
 import { LabProcesses } from "./processes.js";
 import {
   clusterNamespaces,
@@ -213,9 +213,8 @@ export async function labUp(
     const ips = await workloadIps();
     for (const z of ztunnelPods(spec)) {
       const netns = netnsPath(podNetns(spec.name, z.node, z.namespace, z.name));
-      if ((await httpGetInNetns(netns, ZTUNNEL_READINESS_PORT, "/healthz/ready")).status !== 200)
-        return false;
-      const dump = await httpGetInNetns(netns, ZTUNNEL_ADMIN_PORT, "/config_dump");
+      if ((await httpInNetns(netns, ZTUNNEL_READINESS_PORT, "/healthz/ready")).status !== 200) return false;
+      const dump = await httpInNetns(netns, ZTUNNEL_ADMIN_PORT, "/config_dump");
       if (dump.status !== 200 || !ips.every((ip) => knowsWorkload(dump.body ?? "", ip))) return false;
     }
     return true;

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { agentComponent, nodeNetns } from "../../src/lab/names.js";
-import { httpGetInNetns } from "../../src/lab/probe.js";
+import { httpInNetns } from "../../src/lab/probe.js";
 import { rootOnly } from "../support/netns.js";
 import { offmeshState } from "./support/kernel.js";
 import { eventually, markerFor, offmesh, podOf, useLab } from "./support/lab.js";
@@ -50,9 +50,7 @@ describe("lab faults", { ...rootOnly, timeout: 600_000 }, () => {
         await echoOk(placeOf(client), server, markerFor(`no-agent-${node}`), client.ip);
         lab.processes.start(spec);
         await eventually(`${component} to be healthy again`, async () =>
-          (await httpGetInNetns(`/var/run/netns/${netns}`, 15030, "/healthz")).status === 200
-            ? true
-            : undefined,
+          (await httpInNetns(`/var/run/netns/${netns}`, 15030, "/healthz")).status === 200 ? true : undefined,
         );
         assert.equal(await offmeshState(netns), before, `${node}: the restarted agent keeps the same rules`);
         await crossNodeWorks();

@@ -1,9 +1,8 @@
 import { mkdtempSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from "node:fs";
-import http from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after } from "node:test";
-import { connectTcp } from "../../src/sockets/index.js";
+import { httpInNetns as labHttpInNetns } from "../../src/lab/probe.js";
 import type { MeshNet, MeshPod } from "./meshnet.js";
 import type { NetnsProcess } from "./meshnet-process.js";
 import { fromRoot } from "./paths.js";
@@ -180,7 +179,7 @@ export async function startZtunnelProcess(
   return zt;
 }
 
-/** An HTTP request to 127.0.0.1:`port` from inside the namespace at `netnsPath`. */
+/** One request inside the namespace; a failure to get an answer rejects (tests want to see it). */
 export async function httpInNetns(
   netnsPath: string,
   port: number,
@@ -188,29 +187,10 @@ export async function httpInNetns(
   method = "GET",
   timeoutMs = 5_000,
 ): Promise<HttpAnswer> {
-  const socket = await connectTcp({ host: "127.0.0.1", port, netnsPath, timeoutMs });
-  return new Promise((resolve, reject) => {
-    // No `agent` option: with one (even `false`), node dials through the agent and ignores
-    // createConnection, which would connect in this process's own namespace.
-    const req = http.request(
-      { host: "127.0.0.1", port, path, method, createConnection: () => socket },
-      (res) => {
-        let body = "";
-        res.setEncoding("utf8");
-        res.on("data", (chunk: string) => (body += chunk));
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
-        res.on("error", reject);
-      },
-    );
-    req.setTimeout(timeoutMs, () =>
-      req.destroy(new Error(`${method} ${path}: no answer in ${timeoutMs} ms`)),
-    );
-    req.on("error", (err) => {
-      socket.destroy();
-      reject(err);
-    });
-    req.end();
-  });
+  const res = await labHttpInNetns(netnsPath, port, path, { method, timeoutMs });
+  if (res.status === undefined)
+    throw new Error(`${method} ${path} on port ${port}: ${res.error ?? "no answer"}`);
+  return { status: res.status, body: res.body ?? "" };
 }
 
 class RunningZtunnelProcess implements ZtunnelProcess {
