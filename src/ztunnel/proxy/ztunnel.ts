@@ -227,7 +227,7 @@ export class Ztunnel {
       if (plan.kind === "hbone") {
         hboneAddress = destinationAddress;
         destinationAddress = formatSocketAddress(target.ip, this.ports.inbound);
-        upstream = await this.dialHbone(plan, sourceAddress);
+        upstream = await this.dialHbone(plan, sourceIp, sourceAddress);
       } else if (plan.kind === "local") {
         upstream = await this.connectLocal(plan, sourceIp, sourceAddress, started);
       } else {
@@ -279,6 +279,7 @@ export class Ztunnel {
 
   private async dialHbone(
     plan: Extract<OutboundPlan, { kind: "hbone" }>,
+    sourceIp: string,
     sourceAddress: string,
   ): Promise<Duplex> {
     const cert = await this.opts.certificates.get(plan.sourceIdentity);
@@ -290,7 +291,7 @@ export class Ztunnel {
         identity: plan.sourceIdentity,
         certChainPem: cert.certChainPem,
         keyPem: cert.keyPem,
-        sourceIp: sourceIpOf(sourceAddress),
+        sourceIp,
       },
       expectedIdentities: plan.expectedIdentities,
       rootsPem: this.opts.rootsPem,
@@ -665,9 +666,4 @@ function reset(socket: net.Socket): void {
 /** The canonical text of an address as node reports it (IPv6 compressed; unparsable left as is). */
 function ipText(text: string): string {
   return canonicalizeIpText(text) ?? text;
-}
-
-function sourceIpOf(address: string): string {
-  const i = address.lastIndexOf(":");
-  return address.startsWith("[") ? address.slice(1, address.indexOf("]")) : address.slice(0, i);
 }
