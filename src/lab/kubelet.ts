@@ -3,6 +3,7 @@ import { join } from "node:path";
 import type { Logger } from "pino";
 import { isZtunnel } from "../cluster/membership.js";
 import { LabClusterSource, labApply } from "../cluster/lab-client.js";
+import { applyRequest } from "./api/protocol.js";
 import type { ClusterPod } from "../cluster/types.js";
 import { issueProxyToken, loadOrCreateTokenKey, serviceAccountSubject } from "../controlplane/auth/tokens.js";
 import { CniRuntime, createPodNetns, deletePodNetns, kubernetesCniArgs, netnsPath } from "../cni/runtime.js";
@@ -310,25 +311,9 @@ export class LabKubelet {
 
   private async report(pod: ClusterPod, ips: string[], phase: "Running"): Promise<void> {
     if (isZtunnel(pod)) await this.issueToken(pod);
+    // The kubelet only reports pods it runs, which are neither terminating nor elsewhere.
     const res = await labApply(this.paths.apiSocket, [
-      {
-        kind: "pod",
-        object: {
-          uid: pod.uid,
-          name: pod.name,
-          namespace: pod.namespace,
-          nodeName: this.opts.node,
-          ips,
-          hostNetwork: pod.hostNetwork,
-          labels: { ...pod.labels },
-          annotations: { ...pod.annotations },
-          phase,
-          ready: true,
-          serviceAccount: pod.serviceAccount,
-          terminating: false,
-          ...(pod.containerPorts ? { containerPorts: [...pod.containerPorts] } : {}),
-        },
-      },
+      applyRequest("pod", { ...pod, ips, phase, ready: true }),
     ]);
     if (!res.ok)
       this.opts.log.warn({ pod: `${pod.namespace}/${pod.name}`, error: res.error }, "status update refused");

@@ -3,7 +3,8 @@ import { existsSync, mkdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { labApply, labGet, labSetTopology } from "../cluster/lab-client.js";
-import type { ApplyObject } from "../lab/api/protocol.js";
+import { applyRequest } from "./api/protocol.js";
+import type { ApplyObject } from "./api/protocol.js";
 import { labDown } from "./down.js";
 import {
   agentComponent,
@@ -101,8 +102,8 @@ export async function labUp(
   const topo = await labSetTopology(paths.apiSocket, { text: topologyText(spec), source: paths.clusterConf });
   if (!topo.ok) throw new LabUpError("topology", topo.error);
   await apply(paths, [
-    ...clusterNodes(spec).map((o) => applyObject("node", o)),
-    ...clusterNamespaces(spec).map((o) => applyObject("namespace", o)),
+    ...clusterNodes(spec).map((o) => applyRequest("node", o)),
+    ...clusterNamespaces(spec).map((o) => applyRequest("namespace", o)),
   ]);
 
   progress.step("node agents");
@@ -187,8 +188,8 @@ export async function labUp(
   progress.step(`pods: ${pods.length} (ztunnels first), services and policies`);
   await apply(paths, [
     ...pods.map(podObject),
-    ...clusterServices(spec).map((o) => applyObject("service", o)),
-    ...clusterPolicies(spec).map((o) => applyObject("policy", o)),
+    ...clusterServices(spec).map((o) => applyRequest("service", o)),
+    ...clusterPolicies(spec).map((o) => applyRequest("policy", o)),
   ]);
   await waitFor("every pod running", timeoutMs, async () => {
     const got = await labGet(paths.apiSocket, 5_000).catch(() => undefined);
@@ -234,11 +235,6 @@ function knowsWorkload(configDump: string, ip: string): boolean {
   } catch {
     return false;
   }
-}
-
-/** A cluster object as an apply request (the request schema takes plain, mutable JSON). */
-function applyObject(kind: ApplyObject["kind"], object: object): ApplyObject {
-  return { kind, object: JSON.parse(JSON.stringify(object)) as never } as ApplyObject;
 }
 
 function podObject(p: LabPod): ApplyObject {

@@ -50,6 +50,11 @@ export type ApplyObject =
   | { readonly kind: "policy"; readonly object: z.input<typeof applySchemas.policy> }
   | { readonly kind: "pod"; readonly object: z.input<typeof applySchemas.pod> };
 
+/** A cluster object (src/cluster/types.ts) as an apply request, which takes plain, mutable JSON. */
+export function applyRequest(kind: ApplyObject["kind"], object: object): ApplyObject {
+  return { kind, object: JSON.parse(JSON.stringify(object)) as never } as ApplyObject;
+}
+
 /** An ApplyObject after validation: defaults filled in, addresses canonical. */
 export type CheckedObject =
   | { readonly kind: "namespace"; readonly object: z.output<typeof applySchemas.namespace> }
