@@ -3,7 +3,7 @@
 // compact JWS (RFC 7515) with a fixed HS256 header, keyed by a secret in the control plane's state
 // directory. Either way the token only names a pod: the pod's node, account and liveness are taken
 // from the cluster, so a token for a deleted or moved pod grants nothing.
-import { writeNewFile as writeNewFileAtomic } from "../../fsutil/atomic.js";
+import { createStateFile, errorText } from "../state-file.js";
 import { createHmac, createSecretKey, randomBytes, timingSafeEqual } from "node:crypto";
 import type { KeyObject } from "node:crypto";
 import { mkdir, readFile } from "node:fs/promises";
@@ -110,7 +110,7 @@ export async function loadOrCreateTokenKey(dir: string): Promise<KeyObject> {
     }
     await mkdir(dir, { recursive: true, mode: 0o700 });
     text = randomBytes(TOKEN_KEY_BYTES).toString("base64url") + "\n";
-    await writeNewFile(path, text, 0o600);
+    await createStateFile(path, text, 0o600, (why, cause) => new TokenKeyError(path, why, cause));
   }
   const encoded = text.trim();
   const bytes = Buffer.from(encoded, "base64url");
@@ -262,20 +262,3 @@ function schemaError(error: z.ZodError): string {
 }
 
 const isoSeconds = (s: number): string => new Date(s * 1000).toISOString();
-
-function errorText(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}
-
-/** Create the key file, never over one another process just created. */
-async function writeNewFile(path: string, content: string, mode: number): Promise<void> {
-  try {
-    await writeNewFileAtomic(path, content, mode);
-  } catch (e) {
-    const why =
-      (e as NodeJS.ErrnoException).code === "EEXIST"
-        ? "appeared while this process was creating it (is another control plane using this directory?)"
-        : `cannot be written: ${errorText(e)}`;
-    throw new TokenKeyError(path, why, e);
-  }
-}

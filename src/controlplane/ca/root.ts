@@ -14,7 +14,7 @@ import { isIP } from "node:net";
 import { join } from "node:path";
 import type * as X509 from "@peculiar/x509";
 import { x509 } from "../../identity/x509.js";
-import { writeNewFile as writeNewFileAtomic } from "../../fsutil/atomic.js";
+import { createStateFile, errorText } from "../state-file.js";
 import { isSpiffeError, parseSpiffeId, trustDomainProblem } from "../../identity/spiffe.js";
 
 // Re-exported so that callers and tests use the one module that loads the library correctly.
@@ -236,8 +236,18 @@ export async function loadOrCreateRoot(dir: string, opts: RootOptions): Promise<
     await mkdir(dir, { recursive: true, mode: 0o700 });
     // Key first: a crash in between leaves a key without a certificate, which is reported, rather
     // than a certificate whose key is lost.
-    await writeNewFile(keyPath, created.keyPem, 0o600);
-    await writeNewFile(certPath, created.certPem, 0o600);
+    await createStateFile(
+      keyPath,
+      created.keyPem,
+      0o600,
+      (why, cause) => new RootStoreError(keyPath, why, cause),
+    );
+    await createStateFile(
+      certPath,
+      created.certPem,
+      0o600,
+      (why, cause) => new RootStoreError(certPath, why, cause),
+    );
     return rootFromPem(created.certPem, created.keyPem, certPath, keyPath, opts.trustDomain, now, true);
   }
   if (certText === undefined) {
@@ -483,28 +493,11 @@ function describeKey(key: KeyObject): string {
   return key.asymmetricKeyType ?? "unknown";
 }
 
-function errorText(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}
-
 async function readIfPresent(path: string): Promise<string | undefined> {
   try {
     return await readFile(path, "utf8");
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
     throw new RootStoreError(path, `cannot be read: ${errorText(e)}`, e);
-  }
-}
-
-/** Create a root file, never over one another process just created. */
-async function writeNewFile(path: string, content: string, mode: number): Promise<void> {
-  try {
-    await writeNewFileAtomic(path, content, mode);
-  } catch (e) {
-    const why =
-      (e as NodeJS.ErrnoException).code === "EEXIST"
-        ? "appeared while this process was creating it (is another control plane using this directory?)"
-        : `cannot be written: ${errorText(e)}`;
-    throw new RootStoreError(path, why, e);
   }
 }
