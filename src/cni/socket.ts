@@ -1,4 +1,5 @@
-import { chmod, lstat, mkdir, rm } from "node:fs/promises";
+import { chmod, mkdir, rm } from "node:fs/promises";
+import { clearStaleSocket } from "../fsutil/unix-socket.js";
 import { createConnection, createServer } from "node:net";
 import type { Socket } from "node:net";
 import { dirname } from "node:path";
@@ -167,36 +168,12 @@ export async function serveAgentSocket(
 }
 
 async function removeStaleSocket(socketPath: string): Promise<void> {
-  let isSocket: boolean;
-  try {
-    isSocket = (await lstat(socketPath)).isSocket();
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return;
-    throw err;
-  }
-  if (!isSocket)
-    throw new AgentSocketPathError(socketPath, "exists and is not a socket; refusing to remove it");
-  const probe = await probeSocket(socketPath);
-  if (probe === "live") throw new AgentSocketInUseError(socketPath);
-  if (probe !== "refused")
-    throw new AgentSocketPathError(socketPath, `cannot tell whether a process serves it (${probe})`);
-  await rm(socketPath, { force: true });
-}
-
-/** "live" if something accepts a connection, "refused" if the file is a dead socket, else the errno. */
-function probeSocket(socketPath: string): Promise<string> {
-  return new Promise((resolve) => {
-    const sock = createConnection(socketPath);
-    const done = (outcome: string): void => {
-      clearTimeout(timer);
-      sock.destroy();
-      resolve(outcome);
-    };
-    const timer = setTimeout(() => done("no answer to connect within 1 s"), 1000);
-    sock.on("connect", () => done("live"));
-    sock.on("error", (err: NodeJS.ErrnoException) =>
-      done(err.code === "ECONNREFUSED" ? "refused" : (err.code ?? err.message)),
-    );
+  await clearStaleSocket(socketPath, {
+    notSocket: () =>
+      new AgentSocketPathError(socketPath, "exists and is not a socket; refusing to remove it"),
+    live: () => new AgentSocketInUseError(socketPath),
+    unknown: (why) =>
+      new AgentSocketPathError(socketPath, `cannot tell whether a process serves it (${why})`),
   });
 }
 

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
-import { chmod, lstat, mkdir, readFile, rm } from "node:fs/promises";
-import { createConnection, createServer } from "node:net";
+import { chmod, mkdir, readFile, rm } from "node:fs/promises";
+import { createServer } from "node:net";
 import type { Server, Socket } from "node:net";
 import { join, resolve } from "node:path";
 import { pino } from "pino";
@@ -12,6 +12,7 @@ import type { ClusterEvent, ClusterSnapshot, ClusterTopology } from "../../clust
 import { parseCidr } from "../../configfile/net.js";
 import type { Cidr } from "../../configfile/net.js";
 import { writeFileAtomic } from "../../fsutil/atomic.js";
+import { clearStaleSocket } from "../../fsutil/unix-socket.js";
 import type { DeleteOptions, Plan, PlanContext } from "./plan.js";
 import { planApply, planDelete, planTopology } from "./plan.js";
 import type {
@@ -439,30 +440,10 @@ async function loadState(path: string): Promise<{ state: ClusterState; revision:
  * server answers on, or a path that is not a socket, is not touched.
  */
 async function clearSocketPath(socketPath: string): Promise<void> {
-  let isSocket: boolean;
-  try {
-    isSocket = (await lstat(socketPath)).isSocket();
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return;
-    throw err;
-  }
-  if (!isSocket)
-    throw new LabApiInUseError(`${socketPath} exists and is not a socket; refusing to replace it`);
-  const probe = await new Promise<string>((resolve) => {
-    const sock = createConnection(socketPath);
-    const done = (outcome: string): void => {
-      clearTimeout(timer);
-      sock.destroy();
-      resolve(outcome);
-    };
-    const timer = setTimeout(() => done("no answer within 1 s"), 1000);
-    sock.on("connect", () => done("live"));
-    sock.on("error", (err: NodeJS.ErrnoException) =>
-      done(err.code === "ECONNREFUSED" ? "dead" : (err.code ?? err.message)),
-    );
+  await clearStaleSocket(socketPath, {
+    notSocket: () => new LabApiInUseError(`${socketPath} exists and is not a socket; refusing to replace it`),
+    live: () => new LabApiInUseError(`another lab API server answers on ${socketPath}`),
+    unknown: (why) =>
+      new LabApiInUseError(`${socketPath}: cannot tell whether a server answers on it (${why})`),
   });
-  if (probe === "live") throw new LabApiInUseError(`another lab API server answers on ${socketPath}`);
-  if (probe !== "dead")
-    throw new LabApiInUseError(`${socketPath}: cannot tell whether a server answers on it (${probe})`);
-  await rm(socketPath, { force: true });
 }
