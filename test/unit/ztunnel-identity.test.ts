@@ -1,14 +1,19 @@
 import assert from "node:assert/strict";
 import { createPrivateKey, createPublicKey, webcrypto, X509Certificate } from "node:crypto";
 import { once } from "node:events";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import type { PeerCertificate } from "node:tls";
 import { afterEach, beforeEach, describe, it, mock } from "node:test";
 import * as grpc from "@grpc/grpc-js";
 import type * as X509 from "@peculiar/x509";
+import { CsrRejectedError, loadOrCreateRoot } from "../../src/controlplane/ca/root.js";
 import { IMPERSONATED_IDENTITY } from "../../src/controlplane/grpc-server.js";
 import { x509 } from "../../src/identity/x509.js";
 import { IMPERSONATED_IDENTITY_KEY } from "../../src/ztunnel/identity/ca-client.js";
 import type { CertificateSigningRequest } from "../../src/ztunnel/identity/ca-client.js";
+import { uriSubjectAltNames } from "../../src/ztunnel/identity/cert-parse.js";
 import { CertificateManager } from "../../src/ztunnel/identity/certificates.js";
 import type { FetchReason, WorkloadCertificate } from "../../src/ztunnel/identity/certificates.js";
 import { createKeyAndCsr } from "../../src/ztunnel/identity/csr.js";
@@ -207,11 +212,41 @@ describe("createKeyAndCsr", () => {
 
     const sans = csr.extensions.filter((e) => e.type === "2.5.29.17");
     assert.equal(sans.length, 1);
+    assert.equal(sans[0]!.critical, true, "critical, the subject being empty");
+    assert.equal(csr.extensions.length, 1, "no other extension");
     const names = new x509.SubjectAlternativeNameExtension(sans[0]!.rawData).names.items;
     assert.deepEqual(
       names.map((n) => [n.type, n.value]),
       [["url", WEB]],
     );
+    assert.equal(csr.attributes.length, 1, "the extensionRequest only");
+    assert.equal(csr.attributes[0]!.type, "1.2.840.113549.1.9.14");
+
+    // ecdsa-with-SHA256 with its parameters absent (RFC 5758 §3.2), then the signature BIT STRING.
+    const der = Buffer.from(csr.rawData);
+    assert.ok(der.includes(Buffer.from("300a06082a8648ce3d04030203", "hex")), "no NULL parameters");
+    assert.equal(csrPem, csr.toString("pem") + "\n", "PEM as @peculiar/x509 writes it, 64-column lines");
+  });
+
+  it("makes a CSR the control plane's CA signs, for the returned key", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "offmesh-csr-"));
+    try {
+      const root = await loadOrCreateRoot(dir, { trustDomain: TD });
+      const { keyPem, csrPem } = await createKeyAndCsr(WEB);
+      const leafPem = await root.signWorkload(csrPem, WEB, HOUR_S);
+      const leaf = new X509Certificate(leafPem);
+      assert.ok(leaf.verify(new X509Certificate(root.certPem).publicKey), "signed by the root");
+      assert.ok(leaf.publicKey.export({ type: "spki", format: "der" }).equals(spkiOf(keyPem)));
+      assert.ok(leaf.checkPrivateKey(createPrivateKey(keyPem)));
+      assert.deepEqual(uriSubjectAltNames(leaf.raw), { uris: [WEB] });
+      await assert.rejects(
+        root.signWorkload(csrPem, DB, HOUR_S),
+        CsrRejectedError,
+        "for its own identity only",
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it("makes a new key every time", async () => {

@@ -2,10 +2,9 @@
 // certificate carries, and a cache of TLS state built from credentials that rotate.
 import { createHash } from "node:crypto";
 import type { SecureContextOptions } from "node:tls";
-import { x509 } from "../../identity/x509.js";
+import { uriSubjectAltNames } from "../identity/cert-parse.js";
 import { isSpiffeError, parseSpiffeId } from "../../identity/spiffe.js";
 import type { SpiffeId } from "../../identity/spiffe.js";
-import { errorText } from "./errors.js";
 
 export const HBONE_ALPN = "h2";
 export const HBONE_TLS_VERSION = "TLSv1.3";
@@ -36,19 +35,13 @@ export type CertificateIdentity =
 /**
  * The workload identity of a certificate (DER): its one `spiffe://` URI SAN. No such SAN, two of
  * them, or one that is not a workload SPIFFE ID is an error, so that a certificate never stands for
- * more than one identity. Other URI SANs are ignored.
+ * more than one identity. Other URI SANs are ignored. SANs that cannot be read, or two SAN
+ * extensions, are an error too (cert-parse.ts), rather than a guess at which one counts.
  */
 export function certificateIdentity(der: Uint8Array): CertificateIdentity {
-  let uris: string[];
-  try {
-    const cert = new x509.X509Certificate(der);
-    uris = (cert.getExtension(x509.SubjectAlternativeNameExtension)?.names.items ?? [])
-      .filter((n) => n.type === "url")
-      .map((n) => n.value);
-  } catch (e) {
-    return { error: `the certificate cannot be read: ${errorText(e)}` };
-  }
-  const spiffe = uris.filter((u) => u.toLowerCase().startsWith("spiffe://"));
+  const sans = uriSubjectAltNames(der);
+  if ("error" in sans) return sans;
+  const spiffe = sans.uris.filter((u) => u.toLowerCase().startsWith("spiffe://"));
   if (spiffe.length === 0) return { error: "the certificate has no spiffe:// URI SAN" };
   if (spiffe.length > 1) return { error: `the certificate has ${spiffe.length} spiffe:// URI SANs` };
   const identity = spiffe[0]!;
