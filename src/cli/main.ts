@@ -1,8 +1,6 @@
 import { Command, CommanderError } from "commander";
 import { EXIT, processIo } from "./output.js";
 import type { Io } from "./output.js";
-import { renderCommand } from "./render.js";
-import { validateCommand } from "./validate.js";
 
 type AddCommands = (program: Command, io: Io, setExit: (code: number) => void) => void;
 
@@ -36,7 +34,11 @@ export async function buildProgram(
     .description("check a cluster-conf.yaml and summarise its pairs and singles")
     .argument("<cluster-conf.yaml>", "the cluster description")
     .option("--json", "machine-readable output")
-    .action(async (file: string, opts: { json?: boolean }) => setExit(await validateCommand(io, file, opts)));
+    .action(async (file: string, opts: { json?: boolean }) => {
+      // Loaded when run, like the groups below: the netplan, YAML and zod are no daemon's business.
+      const { validateCommand } = await import("./validate.js");
+      setExit(await validateCommand(io, file, opts));
+    });
 
   program
     .command("render")
@@ -48,9 +50,10 @@ export async function buildProgram(
     )
     .requiredOption("--node <name>", "the node to plan for, as named in cluster-conf.yaml")
     .option("--json", "machine-readable output")
-    .action(async (opts: { config: string; facts: string; node: string; json?: boolean }) =>
-      setExit(await renderCommand(io, opts)),
-    );
+    .action(async (opts: { config: string; facts: string; node: string; json?: boolean }) => {
+      const { renderCommand } = await import("./render.js");
+      setExit(await renderCommand(io, opts));
+    });
 
   const first = argv[0];
   const groups = first !== undefined && first in COMMAND_GROUPS ? [first] : Object.keys(COMMAND_GROUPS);
