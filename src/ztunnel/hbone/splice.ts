@@ -5,6 +5,7 @@ import { constants as h2 } from "node:http2";
 import type { Http2Stream } from "node:http2";
 import { Socket } from "node:net";
 import type { Duplex } from "node:stream";
+import { copyChunks } from "../copy.js";
 
 /** The byte stream closed without ending its readable side (and without an error of its own). */
 export class SpliceAbortError extends Error {
@@ -24,7 +25,7 @@ export interface SpliceResult {
 }
 
 /**
- * Pipes `stream` and `other` into each other, with back-pressure, until both are closed:
+ * Copies `stream` and `other` into each other (../copy.ts: back-pressure, batched writes), until both are closed:
  * - END_STREAM from the peer ends `other`'s writable side (a TCP FIN), and the end of `other`'s
  *   readable side ends the stream; each direction closes on its own.
  * - `other` failing or closing without ending its readable side resets the stream
@@ -84,7 +85,7 @@ export function splice(
       const clean = !wasReset(stream) && stream.writableFinished && stream.readableEnded;
       if (!clean) resetOther();
       else if (!other.destroyed) {
-        // Both directions are done; `other` was ended by the pipe and only has to flush.
+        // Both directions are done; `other` was ended by us and only has to flush.
         if (other.writableFinished) other.destroy();
         else other.once("finish", () => other.destroy());
       }
@@ -93,19 +94,11 @@ export function splice(
     const onOtherClose = (): void => {
       otherClosed = true;
       if (otherFailed || !other.readableEnded) failStream(error ?? new SpliceAbortError());
-      // Our END_STREAM is queued (the pipe ended the stream), so this RST follows it.
+      // Our END_STREAM is queued (`other`'s end ended the stream), so this RST follows it.
       else if (!stream.readableEnded && !stream.closed) stream.close(h2.NGHTTP2_NO_ERROR);
       settle();
     };
 
-    stream.on("data", (chunk: Buffer) => {
-      fromStream += chunk.length;
-      observer.fromStream?.(chunk.length);
-    });
-    other.on("data", (chunk: Buffer) => {
-      toStream += chunk.length;
-      observer.toStream?.(chunk.length);
-    });
     stream.on("error", (e: Error) => {
       error ??= e;
       resetOther();
@@ -117,14 +110,21 @@ export function splice(
     });
     stream.once("close", onStreamClose);
     other.once("close", onOtherClose);
-    // Node emits 'end' on a stream destroyed by RST_STREAM too (before 'close'), so the pipe's own
-    // end-on-end would turn a reset into a FIN: the end is passed on only when it was an END_STREAM.
-    stream.pipe(other, { end: false });
+    copyChunks(stream, other, (n) => {
+      fromStream += n;
+      observer.fromStream?.(n);
+    });
+    copyChunks(other, stream, (n) => {
+      toStream += n;
+      observer.toStream?.(n);
+    });
+    // Node emits 'end' on a stream destroyed by RST_STREAM too (before 'close'), so a reset must
+    // not become a FIN: the end is passed on only when it was an END_STREAM.
     stream.once("end", () => {
       if (wasReset(stream)) resetOther();
       else other.end();
     });
-    other.pipe(stream);
+    other.once("end", () => stream.end());
 
     // Either side may already be gone, in which case its 'close' has been or is about to be emitted.
     if (stream.destroyed) {

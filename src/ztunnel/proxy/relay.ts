@@ -1,12 +1,10 @@
 import type { Duplex } from "node:stream";
+import { copyChunks } from "../copy.js";
 
 // The byte pipe between the two legs of a proxied connection. Each direction is copied with
-// back-pressure (a full writer pauses its reader) and ends on its own: one side's FIN is passed on
+// back-pressure (a full writer pauses its reader, see ../copy.ts) and ends on its own: one side's FIN is passed on
 // as the other's end() while the opposite direction keeps flowing (half-close), as TCP proxies must
 // for request/response protocols that shut down their sending side first.
-
-/** How much one direction may have queued in its writer before its reader is paused. */
-export const MAX_BUFFERED_BYTES = 1024 * 1024;
 
 export interface RelayOptions {
   /** No byte in either direction for this long closes both legs. 0: never. */
@@ -57,14 +55,10 @@ export function relay(downstream: Duplex, upstream: Duplex, opts: RelayOptions =
     };
 
     const copy = (from: Duplex, to: Duplex, count: (n: number) => void): void => {
-      from.on("data", (chunk: Buffer) => {
+      copyChunks(from, to, (n) => {
         lastActivity = Date.now();
-        count(chunk.length);
-        // Pause only past a real backlog: an HTTP/2 stream says "wait" after 16 KiB, which would
-        // otherwise stop and restart the socket on every 64 KiB read.
-        if (!to.write(chunk) && to.writableLength >= MAX_BUFFERED_BYTES) from.pause();
+        count(n);
       });
-      to.on("drain", () => from.resume());
       from.on("end", () => {
         to.end();
         // A direction is finished when its writer has flushed the FIN.
