@@ -3,7 +3,7 @@ import { isIP } from "node:net";
 import type { Command } from "commander";
 import { InvalidArgumentError } from "commander";
 import { pino } from "pino";
-import { startZtunnel } from "../ztunnel/daemon.js";
+import { startZtunnel, tuneHeapForZtunnel } from "../ztunnel/daemon.js";
 import { probeCapabilities } from "../sockets/index.js";
 import { EXIT } from "./output.js";
 import type { Io } from "./output.js";
@@ -77,6 +77,7 @@ async function run(io: Io, flags: RunFlags): Promise<number> {
     return EXIT.invalid;
   }
   const log = pino({ name: "ztunnel", level: flags.logLevel }, pino.destination(2));
+  tuneHeapForZtunnel();
   const running = await startZtunnel({
     xdsAddress: flags.xdsAddress,
     rootCaPem,
