@@ -51,6 +51,8 @@ const SIZE = 1024;
 const ECHO_PORT = 9000;
 const GREETER_PORT = 8080;
 const IPERF_PORT = 5201;
+const RELAY_IPERF_PORT = 7201;
+const RELAY_ECHO_PORT = 7900;
 const TARGET = { throughputRatio: 0.5, addedP99Ms: 0.5, idleRssMb: 64, heldRssMb: 128 };
 
 const here = fileURLToPath(new URL(".", import.meta.url));
@@ -89,15 +91,16 @@ function describeMachine(): Machine {
   };
 }
 
-function ensureIperf3(): void {
-  if (spawnSync("iperf3", ["--version"]).error === undefined) return;
-  console.log("iperf3 is missing: apt-get install -y iperf3");
+/** A Debian package's command, installed when missing (the benchmark runs as root). */
+function ensureTool(command: string, pkg: string): void {
+  if (spawnSync(command, ["-V"]).error === undefined) return;
+  console.log(`${command} is missing: apt-get install -y ${pkg}`);
   const env = { ...process.env, DEBIAN_FRONTEND: "noninteractive" };
   const install = (): boolean =>
-    spawnSync("apt-get", ["install", "-y", "-qq", "iperf3"], { stdio: "inherit", env }).status === 0;
+    spawnSync("apt-get", ["install", "-y", "-qq", pkg], { stdio: "inherit", env }).status === 0;
   if (install()) return;
   spawnSync("apt-get", ["update", "-qq"], { stdio: "inherit", env });
-  if (!install()) throw new BenchError("cannot install iperf3 (apt-get install -y iperf3 failed)");
+  if (!install()) throw new BenchError(`cannot install ${pkg} (apt-get install -y ${pkg} failed)`);
 }
 
 // ---- processes ----
@@ -143,14 +146,16 @@ async function startEcho(mesh: MeshNet, pod: string): Promise<NetnsProcess> {
 
 // ---- measurements ----
 
-async function iperf(mesh: MeshNet, from: string, to: string): Promise<IperfResult> {
+/** iperf3 from pod `from` to a server in pod `to`, reached at `via` (default: `to`'s own address). */
+async function iperf(mesh: MeshNet, from: string, to: string, via?: Endpoint): Promise<IperfResult> {
+  const target = via ?? { host: mesh.pod(to).ip, port: IPERF_PORT };
   const server = mesh.spawn(to, "iperf3", ["-s", "-1", "-p", String(IPERF_PORT), "--forceflush"]);
   try {
     await server.waitForOutput(/Server listening/, 10_000);
     const res = await mesh.exec(
       from,
       "iperf3",
-      ["-c", mesh.pod(to).ip, "-p", String(IPERF_PORT), "-t", String(SECONDS), "-J"],
+      ["-c", target.host, "-p", String(target.port), "-t", String(SECONDS), "-J"],
       { timeoutMs: SECONDS * 1000 + 30_000, allowFail: true },
     );
     return parseIperfJson(res.stdout);
@@ -159,13 +164,20 @@ async function iperf(mesh: MeshNet, from: string, to: string): Promise<IperfResu
   }
 }
 
-async function load(mesh: MeshNet, from: string, to: string, connections: number): Promise<LoadResult> {
+async function load(
+  mesh: MeshNet,
+  from: string,
+  to: string,
+  connections: number,
+  via?: Endpoint,
+): Promise<LoadResult> {
+  const target = via ?? { host: mesh.pod(to).ip, port: ECHO_PORT };
   const res = await mesh.exec(
     from,
     process.execPath,
     [
       LOADGEN,
-      ...["--host", mesh.pod(to).ip, "--port", String(ECHO_PORT), "--rate", String(RATE)],
+      ...["--host", target.host, "--port", String(target.port), "--rate", String(RATE)],
       ...["--seconds", String(SECONDS), "--warmup", "1", "--size", String(SIZE)],
       ...["--connections", String(connections)],
     ],
@@ -180,6 +192,51 @@ async function load(mesh: MeshNet, from: string, to: string, connections: number
   }
   if (result.error) throw new BenchError(`load generator ${from} → ${to}: ${result.error}`);
   return result;
+}
+
+interface Endpoint {
+  readonly host: string;
+  readonly port: number;
+}
+
+/**
+ * The reference proxies: two plain TCP relays in C (socat), one in each node's ztunnel pod, on the
+ * same veths and wire the ztunnels use, from the plain client to the plain server. No TLS, no
+ * HTTP/2, no capture: what any pair of userspace proxies costs on this machine, for the reader to
+ * set the ztunnels' figures against. Returns where the client connects to reach `targetPort` of
+ * plain-server through both.
+ */
+function startReferenceRelays(
+  mesh: MeshNet,
+  targetPort: number,
+  relayPort: number,
+): { readonly entry: Endpoint; readonly listening: Endpoint[]; readonly processes: NetnsProcess[] } {
+  const first = mesh.ztunnelOn("single1");
+  const second = mesh.ztunnelOn("single2");
+  // fork: one child per connection (iperf3 opens two); the process group stops with the parent.
+  const relay = (pod: string, listen: string, to: string): NetnsProcess =>
+    mesh.spawn(pod, "socat", [
+      ...["-b", String(256 * 1024)],
+      `TCP-LISTEN:${relayPort},bind=${listen},reuseaddr,fork,nodelay`,
+      `TCP:${to},nodelay`,
+    ]);
+  const processes = [
+    relay(second.name, second.ip, `${mesh.pod("plain-server").ip}:${targetPort}`),
+    relay(first.name, first.ip, `${second.ip}:${relayPort}`),
+  ];
+  const entry = { host: first.ip, port: relayPort };
+  return { entry, listening: [{ host: second.ip, port: relayPort }, entry], processes };
+}
+
+/** Wait until a TCP connect to `to` from pod `from` is answered (a listener is up). */
+async function waitForListener(mesh: MeshNet, from: string, to: Endpoint): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const probe = await mesh.probeTcp(from, to.host, to.port, { payload: "" });
+    if (probe.outcome !== "refused") return;
+    if (Date.now() > deadline) throw new BenchError(`nothing listens on ${to.host}:${to.port}`);
+    await sleep(100);
+  }
 }
 
 interface Held {
@@ -272,6 +329,12 @@ interface Results {
   readonly iperfMachineBusy: { readonly direct: CpuTimes; readonly proxied: CpuTimes };
   readonly latency1: { readonly proxied: LoadResult; readonly direct: LoadResult };
   readonly latency10: { readonly proxied: LoadResult; readonly direct: LoadResult };
+  /** The same measurements through two plain C relays (startReferenceRelays). */
+  readonly reference: {
+    readonly throughput: IperfResult;
+    readonly latency1: LoadResult;
+    readonly latency10: LoadResult;
+  };
   readonly afterLoadRssKb: readonly [number, number];
   readonly peakRssKb: readonly [number, number];
 }
@@ -336,15 +399,36 @@ async function measure(
   const iperfCpuPercent = [corePercent(zt1.pid, cpuBefore[0]), corePercent(zt2.pid, cpuBefore[1])] as const;
   await carried(zt1, `${server.ip}:${IPERF_PORT}`, proxied.bitsPerSecond / 8); // ≥ 1 s worth: it was proxied
 
-  console.log(`latency: 1 KB at ${RATE} req/s for ${SECONDS} s, 1 and 10 connections, direct and proxied`);
-  const latency1 = {
-    direct: await load(mesh, "plain-client", "plain-server", 1),
-    proxied: await load(mesh, "client", "server", 1),
-  };
-  const latency10 = {
-    direct: await load(mesh, "plain-client", "plain-server", 10),
-    proxied: await load(mesh, "client", "server", 10),
-  };
+  const iperfRelays = startReferenceRelays(mesh, IPERF_PORT, RELAY_IPERF_PORT);
+  const echoRelays = startReferenceRelays(mesh, ECHO_PORT, RELAY_ECHO_PORT);
+  let reference: Results["reference"];
+  let latency1: Results["latency1"];
+  let latency10: Results["latency10"];
+  try {
+    for (const relays of [iperfRelays, echoRelays])
+      for (const hop of relays.listening) await waitForListener(mesh, "plain-client", hop);
+    console.log(`throughput: iperf3 through the reference relays (two socat processes)`);
+    const relayedThroughput = await iperf(mesh, "plain-client", "plain-server", iperfRelays.entry);
+
+    console.log(
+      `latency: 1 KB at ${RATE} req/s for ${SECONDS} s, 1 and 10 connections: direct, proxied, relayed`,
+    );
+    latency1 = {
+      direct: await load(mesh, "plain-client", "plain-server", 1),
+      proxied: await load(mesh, "client", "server", 1),
+    };
+    latency10 = {
+      direct: await load(mesh, "plain-client", "plain-server", 10),
+      proxied: await load(mesh, "client", "server", 10),
+    };
+    reference = {
+      throughput: relayedThroughput,
+      latency1: await load(mesh, "plain-client", "plain-server", 1, echoRelays.entry),
+      latency10: await load(mesh, "plain-client", "plain-server", 10, echoRelays.entry),
+    };
+  } finally {
+    for (const p of [...iperfRelays.processes, ...echoRelays.processes]) await p.stop("SIGKILL");
+  }
   await carried(zt1, `${server.ip}:${ECHO_PORT}`, SIZE * RATE * SECONDS);
   const plainSeen = [...zt1.accessLog(), ...zt2.accessLog()].filter((l) =>
     String(l["src.addr"]).startsWith(`${mesh.pod("plain-client").ip}:`),
@@ -363,6 +447,7 @@ async function measure(
     iperfMachineBusy: { direct: directBusy, proxied: proxiedBusy },
     latency1,
     latency10,
+    reference,
     afterLoadRssKb: [zt1.rssKb(), zt2.rssKb()],
     peakRssKb: [procStatus(zt1.pid, "VmHWM"), procStatus(zt2.pid, "VmHWM")],
   };
@@ -382,9 +467,15 @@ const pair = (kb: readonly [number, number]): string => `${formatMb(kb[0])} / ${
 
 function report(r: Results): { table: string; notes: string[]; verdict: string[] } {
   const ratio = r.throughput.proxied.bitsPerSecond / r.throughput.direct.bitsPerSecond;
+  const relayedRatio = r.reference.throughput.bitsPerSecond / r.throughput.direct.bitsPerSecond;
   const added = (l: { proxied: LoadResult; direct: LoadResult }, q: "p50" | "p99" | "p999"): number =>
     l.proxied.latencyUs[q] - l.direct.latencyUs[q];
-  const latencyRows = (label: string, l: { proxied: LoadResult; direct: LoadResult }, withTarget: boolean) =>
+  const latencyRows = (
+    label: string,
+    l: { proxied: LoadResult; direct: LoadResult },
+    relayed: LoadResult,
+    withTarget: boolean,
+  ) =>
     (["p50", "p99", "p999"] as const).map((q) => {
       const d = added(l, q);
       const targeted = withTarget && q === "p99";
@@ -393,6 +484,7 @@ function report(r: Results): { table: string; notes: string[]; verdict: string[]
         formatMs(l.proxied.latencyUs[q]),
         formatMs(l.direct.latencyUs[q]),
         signedMs(d),
+        `${formatMs(relayed.latencyUs[q])} (${signedMs(relayed.latencyUs[q] - l.direct.latencyUs[q])})`,
         targeted ? `added ≤ ${TARGET.addedP99Ms} ms` : "—",
         targeted ? yesNo(d / 1000 <= TARGET.addedP99Ms) : "—",
       ];
@@ -400,22 +492,32 @@ function report(r: Results): { table: string; notes: string[]; verdict: string[]
   const idleMax = Math.max(...r.idleRssKb) / 1024;
   const heldMax = Math.max(...r.held.rssKb) / 1024;
   const table = markdownTable(
-    ["measurement", "through the ztunnels", "direct (plain pods)", "ratio / added", "target", "met"],
+    [
+      "measurement",
+      "through the ztunnels",
+      "direct (plain pods)",
+      "ratio / added",
+      "reference: two plain C relays",
+      "target",
+      "met",
+    ],
     [
       [
         `iperf3, one stream, ${SECONDS} s`,
         formatGbps(r.throughput.proxied.bitsPerSecond),
         formatGbps(r.throughput.direct.bitsPerSecond),
         `${ratio.toFixed(2)}×`,
+        `${formatGbps(r.reference.throughput.bitsPerSecond)} (${relayedRatio.toFixed(2)}×)`,
         `≥ ${TARGET.throughputRatio.toFixed(2)}×`,
         yesNo(ratio >= TARGET.throughputRatio),
       ],
-      ...latencyRows("1 connection", r.latency1, true),
-      ...latencyRows("10 connections", r.latency10, false),
+      ...latencyRows("1 connection", r.latency1, r.reference.latency1, true),
+      ...latencyRows("10 connections", r.latency10, r.reference.latency10, false),
       [
         "RSS idle (after start + 1 connection), single1 / single2",
         pair(r.idleRssKb),
         `bare node ${formatMb(r.bareNodeRssKb)}`,
+        "—",
         "—",
         `≤ ${TARGET.idleRssMb} MB`,
         yesNo(idleMax <= TARGET.idleRssMb),
@@ -423,6 +525,7 @@ function report(r: Results): { table: string; notes: string[]; verdict: string[]
       [
         `RSS with ${HOLD} open connections, single1 / single2`,
         pair(r.held.rssKb),
+        "—",
         "—",
         "—",
         `≤ ${TARGET.heldRssMb} MB`,
@@ -437,6 +540,7 @@ function report(r: Results): { table: string; notes: string[]; verdict: string[]
     `iperf3 retransmits: through ${r.throughput.proxied.retransmits ?? "?"}, direct ${r.throughput.direct.retransmits ?? "?"}; ztunnel CPU during the proxied run: single1 ${processCpu(r.iperfCpuPercent[0])}, single2 ${processCpu(r.iperfCpuPercent[1])}; the whole machine (all ${r.machine.cores} cores) during the proxied run: ${shares(r.iperfMachineBusy.proxied)}; during the direct one: ${shares(r.iperfMachineBusy.direct)}; iperf3's own CPU (sender/receiver): through ${cpuPair(r.throughput.proxied)}, direct ${cpuPair(r.throughput.direct)}.`,
     `Latency detail, 1 connection — through: ${lat(r.latency1.proxied)}; direct: ${lat(r.latency1.direct)}.`,
     `Latency detail, 10 connections — through: ${lat(r.latency10.proxied)}; direct: ${lat(r.latency10.direct)}.`,
+    `Reference relays (two socat processes, plain TCP, 256 KiB buffers, TCP_NODELAY, in the ztunnel pods; no TLS, no HTTP/2, no capture): iperf3 retransmits ${r.reference.throughput.retransmits ?? "?"}; latency 1 connection ${lat(r.reference.latency1)}; 10 connections ${lat(r.reference.latency10)}.`,
     `Streams the ztunnels tracked while ${HOLD} connections were held (client leg + tunnel leg each): single1 ${r.held.tracked[0]}, single2 ${r.held.tracked[1]}.`,
     `RSS after all the load: ${pair(r.afterLoadRssKb)}; peak (VmHWM) over the run: ${pair(r.peakRssKb)}.`,
   ];
@@ -532,7 +636,8 @@ async function profile(mesh: MeshNet, machine: Machine, scenario: string): Promi
 
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new BenchError("run as root: the mesh needs network namespaces");
-  ensureIperf3();
+  ensureTool("iperf3", "iperf3");
+  ensureTool("socat", "socat");
   const machine = describeMachine();
   console.log(machineLine(machine));
   const mesh = await createMeshNet("zbench");
@@ -552,7 +657,7 @@ async function main(): Promise<void> {
       [
         `## ${new Date().toISOString().slice(0, 10)} — ztunnel: two processes, HBONE between two nodes`,
         "",
-        `${machineLine(machine)} One machine holds everything: both nodes (network namespaces on a veth wire), the pods, both ztunnel processes (\`node ${nodeArgs.join(" ")} bin/offmesh ztunnel run\`, log level info, so one access-log line per connection), the control plane and the load generators. Baseline: the non-meshed pods plain-client → plain-server on the same nodes (same veths and wire, no capture, no proxy).`,
+        `${machineLine(machine)} One machine holds everything: both nodes (network namespaces on a veth wire), the pods, both ztunnel processes (\`node ${nodeArgs.join(" ")} bin/offmesh ztunnel run\`, log level info, so one access-log line per connection), the control plane and the load generators. Baseline: the non-meshed pods plain-client → plain-server on the same nodes (same veths and wire, no capture, no proxy). Reference column: the same plain pods through two plain TCP relays written in C (socat, one in each ztunnel pod) — the cost of any two userspace proxies on this machine, without TLS, HTTP/2 or capture.`,
         "",
         table,
         "",
