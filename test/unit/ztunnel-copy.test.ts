@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { PassThrough, Writable } from "node:stream";
 import { describe, it } from "node:test";
 import { setImmediate as nextCheckPhase } from "node:timers/promises";
-import { copyChunks, MAX_BUFFERED_BYTES } from "../../src/ztunnel/copy.js";
+import { BATCH_FROM_BYTES, copyChunks, MAX_BUFFERED_BYTES } from "../../src/ztunnel/copy.js";
 
 /** A writer that records each call it gets (write or writev) and completes it when told. */
 function recordingWriter(opts: { holdCallbacks?: boolean } = {}) {
@@ -24,23 +24,35 @@ function recordingWriter(opts: { holdCallbacks?: boolean } = {}) {
 }
 
 describe("copyChunks", () => {
-  it("writes the chunks of one event-loop turn with one writev, and counts every byte", async () => {
+  it("writes the bulk chunks of one event-loop turn with one writev, and counts every byte", async () => {
     const from = new PassThrough();
     const { writer, calls } = recordingWriter();
     let counted = 0;
     copyChunks(from, writer, (n) => (counted += n));
-    from.write(Buffer.alloc(100));
-    from.write(Buffer.alloc(200));
-    from.write(Buffer.alloc(300));
+    const big = BATCH_FROM_BYTES;
+    from.write(Buffer.alloc(big));
+    from.write(Buffer.alloc(big + 1));
+    from.write(Buffer.alloc(100)); // small, but a batch is open: it joins it
     await nextCheckPhase();
     await nextCheckPhase();
-    assert.equal(counted, 600);
-    assert.deepEqual(calls, [[100, 200, 300]]);
+    assert.equal(counted, 2 * big + 101);
+    assert.deepEqual(calls, [[big, big + 1, 100]]);
 
-    from.write(Buffer.alloc(7));
+    from.write(Buffer.alloc(big));
     await nextCheckPhase();
     await nextCheckPhase();
-    assert.deepEqual(calls, [[100, 200, 300], [7]], "a later turn is its own write");
+    assert.deepEqual(calls, [[big, big + 1, 100], [big]], "a later turn is its own write");
+  });
+
+  it("writes a small chunk at once when no batch is open", async () => {
+    const from = new PassThrough();
+    const { writer, calls } = recordingWriter();
+    copyChunks(from, writer, () => undefined);
+    from.write(Buffer.alloc(1024));
+    await new Promise((r) => process.nextTick(r));
+    await new Promise((r) => process.nextTick(r));
+    assert.deepEqual(calls, [[1024]], "written before the check phase");
+    assert.equal(writer.writableCorked, 0);
   });
 
   it("pauses the reader only past MAX_BUFFERED_BYTES queued, and resumes it on drain", async () => {
