@@ -1,5 +1,5 @@
 // Just enough DER to read X.509 certificates and write a PKCS#10 request, without an ASN.1 library:
-// @peculiar/x509 and its dependencies cost a node proxy 15–20 MB of memory for a few fields.
+// @peculiar/x509 and its dependencies cost the ztunnel 10–12 MB of memory for a few fields.
 //
 // The reader takes one TLV at a time and never descends by itself, so a deeply nested input cannot
 // exhaust the stack; callers walk the fixed shape they expect. Only definite lengths are accepted

@@ -1,5 +1,5 @@
 // The ztunnel's idle memory depends on what it loads: @peculiar/x509 with reflect-metadata, tsyringe
-// and the @peculiar/asn1-* packages costs it 15–20 MB, so `offmesh ztunnel run` must not load them.
+// and the @peculiar/asn1-* packages costs it 10–12 MB, so `offmesh ztunnel run` must not load them.
 // A fresh node process loads the command as bin/offmesh does, with a resolve hook recording every
 // module it resolves; node's CommonJS cache is read as well, for packages required from inside CJS.
 import assert from "node:assert/strict";

@@ -1,7 +1,7 @@
 // Reading certificates: PEM bundles into parsed certificates, and subjectAltName URIs from the
 // extension's ASN.1 (not from a printed "URI:a, DNS:b" string, which a comma or quote inside a
 // name would make ambiguous). The DER is walked by hand (src/identity/der.ts) rather than with
-// @peculiar/x509, which would cost the ztunnel 15–20 MB of memory for these few fields.
+// @peculiar/x509, which would cost the ztunnel 10–12 MB of memory for these few fields.
 import { X509Certificate as NodeX509 } from "node:crypto";
 import {
   children,

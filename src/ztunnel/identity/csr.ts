@@ -2,7 +2,7 @@
 // plane's CA signs (src/controlplane/ca/root.ts): an ECDSA P-256 key, signed with SHA-256, and the
 // SPIFFE ID as the one and only subjectAltName (a URI). The subject is left empty: the SAN is the
 // identity, as in an X.509-SVID. The PKCS#10 structure (RFC 2986) is written with the small DER
-// writer rather than @peculiar/x509, which would cost the ztunnel 15–20 MB of memory.
+// writer rather than @peculiar/x509, which would cost the ztunnel 10–12 MB of memory.
 import { generateKeyPair, sign } from "node:crypto";
 import { promisify } from "node:util";
 import {
