@@ -25,7 +25,8 @@ export interface SpliceResult {
 }
 
 /**
- * Copies `stream` and `other` into each other (../copy.ts: back-pressure, batched writes), until both are closed:
+ * Copies `stream` and `other` into each other (../copy.ts: back-pressure, batched writes) until
+ * both are closed:
  * - END_STREAM from the peer ends `other`'s writable side (a TCP FIN), and the end of `other`'s
  *   readable side ends the stream; each direction closes on its own.
  * - `other` failing or closing without ending its readable side resets the stream

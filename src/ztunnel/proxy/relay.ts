@@ -2,9 +2,9 @@ import type { Duplex } from "node:stream";
 import { copyChunks } from "../copy.js";
 
 // The byte pipe between the two legs of a proxied connection. Each direction is copied with
-// back-pressure (a full writer pauses its reader, see ../copy.ts) and ends on its own: one side's FIN is passed on
-// as the other's end() while the opposite direction keeps flowing (half-close), as TCP proxies must
-// for request/response protocols that shut down their sending side first.
+// back-pressure (a full writer pauses its reader, see ../copy.ts) and ends on its own: one side's
+// FIN is passed on as the other's end() while the opposite direction keeps flowing (half-close),
+// as TCP proxies must for request/response protocols that shut down their sending side first.
 
 export interface RelayOptions {
   /** No byte in either direction for this long closes both legs. 0: never. */
