@@ -3,7 +3,7 @@ import { isIP } from "node:net";
 import type { Command } from "commander";
 import { InvalidArgumentError } from "commander";
 import { pino } from "pino";
-import { startZtunnel, tuneHeapForZtunnel } from "../ztunnel/daemon.js";
+import { DEFAULT_IDLE_TRIM_MS, startZtunnel, tuneHeapForZtunnel } from "../ztunnel/daemon.js";
 import { probeCapabilities } from "../sockets/index.js";
 import { EXIT } from "./output.js";
 import type { Io } from "./output.js";
@@ -23,6 +23,7 @@ interface RunFlags {
   metricsAddr: string;
   readinessAddr: string;
   drainSeconds: number;
+  idleTrimSeconds: number;
   logLevel: string;
 }
 
@@ -46,6 +47,12 @@ export function addZtunnelCommands(program: Command, io: Io, setExit: (code: num
     .option("--metrics-addr <host:port>", "Prometheus /metrics, /stats/prometheus", "0.0.0.0:15020")
     .option("--readiness-addr <host:port>", "/healthz/ready", "0.0.0.0:15021")
     .option("--drain-seconds <s>", "how long a graceful stop lets connections finish", parsePositive, 30)
+    .option(
+      "--idle-trim-seconds <s>",
+      "return freed memory to the kernel after this long without traffic; 0 never",
+      parsePositive,
+      DEFAULT_IDLE_TRIM_MS / 1000,
+    )
     .option("--log-level <level>", "pino level (info, debug, warn …)", "info")
     .action(async (flags: RunFlags) => setExit(await run(io, flags)));
 }
@@ -93,6 +100,7 @@ async function run(io: Io, flags: RunFlags): Promise<number> {
     metricsAddr: flags.metricsAddr,
     readinessAddr: flags.readinessAddr,
     drainTimeoutMs: flags.drainSeconds * 1000,
+    idleTrimMs: flags.idleTrimSeconds * 1000,
     log,
     accessLog: log.child({ target: "access" }),
   });

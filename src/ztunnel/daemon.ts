@@ -10,6 +10,9 @@ import { adminHandler, metricsHandler, readinessHandler, serveHttp } from "./adm
 import type { HboneSettings } from "./hbone/settings.js";
 import { Ztunnel, ZTUNNEL_MARKS } from "./proxy/ztunnel.js";
 import type { ZTUNNEL_PORTS } from "./proxy/plan.js";
+import { startIdleTrimmer } from "./memory/idle-trim.js";
+import type { IdleTrimmer } from "./memory/idle-trim.js";
+import { loadMallocTrim } from "./memory/malloc-trim.js";
 import { ZtunnelState } from "./state/index.js";
 import { createZtunnelMetrics, observeXdsClient } from "./telemetry/index.js";
 import type { ZtunnelMetrics } from "./telemetry/index.js";
@@ -17,12 +20,24 @@ import type { ZtunnelMetrics } from "./telemetry/index.js";
 // One ztunnel process: xDS state, certificates, the data path and its HTTP endpoints, wired.
 
 /**
- * Node flags a ztunnel process starts with (the lab's kubelet and the benchmark pass them): a 1 MiB
- * young generation. The data path allocates little and briefly (its bytes live in buffers outside
- * the heap), so the default 16 MiB semi-spaces only hold garbage longer: ~13 MB more resident
- * memory idle, and lower throughput (bench/results/ztunnel.md). V8 reads this one at start only.
+ * Node flags a ztunnel process starts with (the lab's kubelet and the benchmark pass them); V8
+ * reads them at start only.
+ * - `--max-semi-space-size=1`: a 1 MiB young generation. The data path allocates little and
+ *   briefly (its bytes live in buffers outside the heap), so the default 16 MiB semi-spaces only
+ *   hold garbage longer: ~13 MB more resident memory idle, and lower throughput
+ *   (bench/results/ztunnel.md).
+ * - `--no-expose-wasm`: no WebAssembly, which the ztunnel never uses. With it, Node's ESM loader
+ *   finds the exports of the CommonJS libraries (pino, grpc-js, …) with its JavaScript lexer
+ *   instead of compiling its WebAssembly one: ~0.8 MB less resident memory.
+ * - `--expose-gc`: gc(), which the idle trimming runs once the proxy goes quiet so that the read
+ *   buffers of past traffic are freed before malloc_trim hands their pages back (memory/idle-trim.ts).
+ *   Without it the trimming still runs, on what V8 happened to collect.
  */
-export const ZTUNNEL_NODE_FLAGS: readonly string[] = ["--max-semi-space-size=1"];
+export const ZTUNNEL_NODE_FLAGS: readonly string[] = [
+  "--max-semi-space-size=1",
+  "--no-expose-wasm",
+  "--expose-gc",
+];
 
 /**
  * V8 flags `offmesh ztunnel run` sets on itself (V8 reads them whenever it sizes the heap):
@@ -70,6 +85,8 @@ export interface ZtunnelDaemonOptions {
   readonly connectTimeoutMs?: number;
   readonly idleTimeoutMs?: number;
   readonly hbone?: Partial<HboneSettings>;
+  /** Freed memory goes back to the kernel after this long without traffic; 0 never. Default 5 s. */
+  readonly idleTrimMs?: number;
   readonly log?: Logger;
   readonly accessLog?: Logger;
 }
@@ -91,6 +108,25 @@ export interface RunningZtunnel {
   /** Stop accepting, let open connections finish (up to the drain timeout), then stop. */
   drain(): Promise<void>;
   stop(): Promise<void>;
+}
+
+export const DEFAULT_IDLE_TRIM_MS = 5_000;
+
+function startIdleTrimming(quietMs: number, metrics: ZtunnelMetrics, log: Logger): IdleTrimmer | undefined {
+  if (quietMs <= 0) return undefined;
+  const release = loadMallocTrim();
+  if ("unavailable" in release) {
+    log.info({ reason: release.unavailable }, "idle memory trimming is off");
+    return undefined;
+  }
+  const gc = (globalThis as { gc?: () => void }).gc;
+  return startIdleTrimmer({
+    quietMs,
+    activity: () => metrics.activity(),
+    release,
+    ...(typeof gc === "function" ? { collectGarbage: () => gc() } : {}),
+    log,
+  });
 }
 
 export async function startZtunnel(opts: ZtunnelDaemonOptions): Promise<RunningZtunnel> {
@@ -172,6 +208,7 @@ export async function startZtunnel(opts: ZtunnelDaemonOptions): Promise<RunningZ
     stopping ??= (async () => {
       log.info({ drainMs, open: ztunnel.stats().open }, "ztunnel draining");
       await ztunnel.drain(drainMs);
+      trimmer?.stop();
       stopObserving();
       xds.close();
       signer.close();
@@ -183,6 +220,8 @@ export async function startZtunnel(opts: ZtunnelDaemonOptions): Promise<RunningZ
     return stopping;
   };
   const drainTimeoutMs = opts.drainTimeoutMs ?? 30_000;
+  // A timer only: it reads the metrics every few seconds and acts once the proxy is quiet.
+  const trimmer = startIdleTrimming(opts.idleTrimMs ?? DEFAULT_IDLE_TRIM_MS, metrics, log);
 
   const configDump = (): Record<string, unknown> => ({
     ...state.configDump(),
@@ -234,6 +273,7 @@ export async function startZtunnel(opts: ZtunnelDaemonOptions): Promise<RunningZ
       readinessUrl = s.url;
     }
   } catch (err) {
+    trimmer?.stop();
     xds.close();
     signer.close();
     certificates.close();

@@ -28,7 +28,8 @@ describe("offmesh ztunnel run (processes in the ztunnel pods)", { ...rootOnly, t
     mesh = await createMeshNet("ztcli");
     [zt1, zt2] = await Promise.all([
       startZtunnelProcess(mesh, "single1"),
-      startZtunnelProcess(mesh, "single2"),
+      // Debug shows its idle memory releases; a 1 s quiet tick makes them come soon.
+      startZtunnelProcess(mesh, "single2", { logLevel: "debug", extraArgs: ["--idle-trim-seconds", "1"] }),
     ]);
     echo = await mesh.serveTcp("server", ECHO_PORT);
   });
@@ -73,6 +74,35 @@ describe("offmesh ztunnel run (processes in the ztunnel pods)", { ...rootOnly, t
         `istio_tcp_connections_opened_total\\{reporter="destination".*source_principal="${CLIENT_ID}".*destination_principal="${SERVER_ID}".*\\} [1-9]`,
       ),
     );
+  });
+
+  it("returns freed memory to the kernel once traffic has stopped (--idle-trim-seconds)", async () => {
+    const inbound = await zt2.waitForAccessLog({ direction: "inbound", "dst.workload": "server" });
+    const after = Number(inbound["time"]);
+    const releaseAfterTraffic = (): Record<string, unknown> | undefined =>
+      zt2
+        .logLines()
+        .find((l) => l["msg"] === "quiet: freed memory returned to the kernel" && Number(l["time"]) > after);
+    await until("a release logged after the connection", () => releaseAfterTraffic() !== undefined);
+    const release = releaseAfterTraffic();
+    assert.equal(typeof release?.["released"], "boolean");
+    assert.ok(Number(release?.["rssAfterMb"]) > 0, JSON.stringify(release));
+  });
+
+  it("exits 2 naming --idle-trim-seconds when it is not a number of seconds", async () => {
+    const pod = mesh.ztunnelOn("single1");
+    const args = ztunnelRunArgs(mesh, pod, { rootCert: "/dev/null", tokenFile: "/dev/null" });
+    const res = await mesh.exec(
+      pod.name,
+      process.execPath,
+      [OFFMESH_BIN, ...args, "--idle-trim-seconds", "-1"],
+      {
+        allowFail: true,
+        timeoutMs: 20_000,
+      },
+    );
+    assert.equal(res.code, 2, res.stderr);
+    assert.match(res.stderr, /--idle-trim-seconds <s>' argument '-1' is invalid/);
   });
 
   it("exits 1 naming --root-cert when the root certificate cannot be read", async () => {

@@ -213,6 +213,25 @@ describe("createZtunnelMetrics", () => {
     );
   });
 
+  it("moves activity() with every opening, byte and end, and leaves it still otherwise", async () => {
+    const metrics = createZtunnelMetrics(new Registry());
+    const readings = [metrics.activity()];
+    const c = metrics.connectionOpened(fullLabels());
+    readings.push(metrics.activity());
+    c.addSent(100);
+    readings.push(metrics.activity());
+    c.addReceived(1);
+    readings.push(metrics.activity());
+    readings.push(metrics.activity()); // nothing happened
+    await metrics.registry.metrics(); // a scrape moves pending bytes, not activity
+    readings.push(metrics.activity());
+    c.closed();
+    readings.push(metrics.activity());
+    c.addSent(5); // after the end: not counted
+    readings.push(metrics.activity());
+    assert.deepEqual(readings, [0, 1, 101, 102, 102, 102, 103, 103]);
+  });
+
   it("counts xDS messages by type URL and stream ends by reason", async () => {
     const registry = new Registry();
     const metrics = createZtunnelMetrics(registry);

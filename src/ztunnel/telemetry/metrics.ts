@@ -38,6 +38,11 @@ export interface ZtunnelMetrics {
   connectionOpened(labels: TrafficLabels): ConnectionRecorder;
   /** Connections opened and not yet ended. */
   openConnections(): number;
+  /**
+   * A count that grows with every connection opened or ended and every byte copied, and stays put
+   * while nothing happens: for telling a quiet ztunnel from a busy one (idle memory trimming).
+   */
+  activity(): number;
   /** One xDS response received, by type URL. */
   xdsMessage(typeUrl: string): void;
   xdsConnectionTerminated(reason: XdsTerminationReason): void;
@@ -100,6 +105,8 @@ class TrafficRecorder implements ConnectionRecorder {
 
 class TrafficMetrics implements ZtunnelMetrics {
   private readonly openRecorders = new Set<TrafficRecorder>();
+  /** Connections opened and ended, and the bytes of the ended ones: activity() without the open. */
+  private settledActivity = 0;
   private readonly opened: Counter<string>;
   private readonly closedCount: Counter<string>;
   private readonly failedCount: Counter<string>;
@@ -161,11 +168,19 @@ class TrafficMetrics implements ZtunnelMetrics {
     this.opened.inc(labels);
     this.socketsOpen.inc({ reporter: labels.reporter });
     this.openRecorders.add(recorder);
+    this.settledActivity += 1;
     return recorder;
   }
 
   openConnections(): number {
     return this.openRecorders.size;
+  }
+
+  activity(): number {
+    // Summed when asked (every few seconds) rather than per chunk on the data path.
+    let total = this.settledActivity;
+    for (const r of this.openRecorders) total += r.bytesSent + r.bytesReceived;
+    return total;
   }
 
   xdsMessage(typeUrl: string): void {
@@ -180,6 +195,7 @@ class TrafficMetrics implements ZtunnelMetrics {
   end(recorder: TrafficRecorder, failureFlags: string | undefined): void {
     recorder.open = false;
     this.openRecorders.delete(recorder);
+    this.settledActivity += 1 + recorder.bytesSent + recorder.bytesReceived;
     // Bytes count under the labels the connection opened with, as they did at earlier scrapes.
     this.flushOne(recorder);
     const labels =
