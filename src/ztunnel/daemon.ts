@@ -281,6 +281,12 @@ export async function startZtunnel(opts: ZtunnelDaemonOptions): Promise<RunningZ
     await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
     throw err;
   }
+  // Start-up (modules, first configuration) leaves megabytes of garbage; hand it back once ready
+  // rather than at the first quiet tick.
+  ready.then(
+    () => trimmer?.releaseNow("ready"),
+    () => undefined,
+  );
   log.info(
     {
       node: opts.node,

@@ -82,11 +82,19 @@ describe("offmesh ztunnel run (processes in the ztunnel pods)", { ...rootOnly, t
     const releaseAfterTraffic = (): Record<string, unknown> | undefined =>
       zt2
         .logLines()
-        .find((l) => l["msg"] === "quiet: freed memory returned to the kernel" && Number(l["time"]) > after);
+        .find(
+          (l) =>
+            l["msg"] === "freed memory returned to the kernel" &&
+            l["why"] === "quiet" &&
+            Number(l["time"]) > after,
+        );
     await until("a release logged after the connection", () => releaseAfterTraffic() !== undefined);
     const release = releaseAfterTraffic();
     assert.equal(typeof release?.["released"], "boolean");
     assert.ok(Number(release?.["rssAfterMb"]) > 0, JSON.stringify(release));
+    // And once at start, when the first configuration had arrived (gc() only with --expose-gc).
+    const atReady = zt2.logLines().find((l) => l["why"] === "ready");
+    assert.equal(atReady?.["msg"], "freed memory returned to the kernel");
   });
 
   it("exits 2 naming --idle-trim-seconds when it is not a number of seconds", async () => {

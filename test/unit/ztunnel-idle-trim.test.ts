@@ -91,7 +91,8 @@ describe("startIdleTrimmer", () => {
     assert.equal(release.mock.callCount(), 3);
     assert.equal(collectGarbage.mock.callCount(), 2);
     assert.equal(lines.length, 3);
-    assert.equal(lines[0]?.["msg"], "quiet: freed memory returned to the kernel");
+    assert.equal(lines[0]?.["msg"], "freed memory returned to the kernel");
+    assert.equal(lines[0]?.["why"], "quiet");
     assert.equal(lines[0]?.["released"], true);
     assert.equal(lines[0]?.["collected"], true);
     assert.equal(lines[1]?.["collected"], false);
@@ -100,6 +101,32 @@ describe("startIdleTrimmer", () => {
     trimmer.stop();
     t.mock.timers.tick(60_000);
     assert.equal(release.mock.callCount(), 3);
+  });
+
+  it("releases on demand, collecting first, whatever the traffic; not once stopped", () => {
+    const release = mock.fn(() => false);
+    const collectGarbage = mock.fn();
+    const lines: Record<string, unknown>[] = [];
+    const log = pino(
+      { level: "debug" },
+      { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) },
+    );
+    let activity = 0;
+    const trimmer = startIdleTrimmer({
+      quietMs: 60_000,
+      activity: () => ++activity,
+      release,
+      collectGarbage,
+      log,
+    });
+    trimmer.releaseNow("ready");
+    assert.equal(collectGarbage.mock.callCount(), 1);
+    assert.equal(release.mock.callCount(), 1);
+    assert.equal(lines[0]?.["why"], "ready");
+    assert.equal(lines[0]?.["released"], false);
+    trimmer.stop();
+    trimmer.releaseNow("late");
+    assert.equal(release.mock.callCount(), 1);
   });
 });
 

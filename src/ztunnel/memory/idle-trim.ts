@@ -56,16 +56,16 @@ export interface IdleTrimmerOptions {
 }
 
 export interface IdleTrimmer {
+  /** Collect and release now, whatever the traffic (once start-up is done: its garbage is known dead). */
+  releaseNow(why: string): void;
   stop(): void;
 }
 
 export function startIdleTrimmer(opts: IdleTrimmerOptions): IdleTrimmer {
   const rss = opts.rss ?? (() => process.memoryUsage.rss());
   let state = INITIAL_IDLE_TRIM_STATE;
-  const timer = setInterval(() => {
-    const { release, collect, next } = decideIdleTrim(state, opts.activity());
-    state = next;
-    if (!release) return;
+  let stopped = false;
+  const releaseMemory = (collect: boolean, why: string): void => {
     const before = rss();
     const started = performance.now();
     const collected = collect && opts.collectGarbage !== undefined;
@@ -73,18 +73,32 @@ export function startIdleTrimmer(opts: IdleTrimmerOptions): IdleTrimmer {
     const released = opts.release();
     opts.log.debug(
       {
+        why,
         collected,
         released,
         rssBeforeMb: round(before / 2 ** 20),
         rssAfterMb: round(rss() / 2 ** 20),
         tookMs: round(performance.now() - started),
       },
-      "quiet: freed memory returned to the kernel",
+      "freed memory returned to the kernel",
     );
+  };
+  const timer = setInterval(() => {
+    const { release, collect, next } = decideIdleTrim(state, opts.activity());
+    state = next;
+    if (release) releaseMemory(collect, "quiet");
   }, opts.quietMs);
   // Never what keeps the process alive.
   timer.unref();
-  return { stop: () => clearInterval(timer) };
+  return {
+    releaseNow: (why) => {
+      if (!stopped) releaseMemory(true, why);
+    },
+    stop: () => {
+      stopped = true;
+      clearInterval(timer);
+    },
+  };
 }
 
 const round = (x: number): number => Math.round(x * 10) / 10;
