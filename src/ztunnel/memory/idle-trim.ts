@@ -48,7 +48,10 @@ export interface IdleTrimmerOptions {
   /** The count that moves with every connection and byte (ZtunnelMetrics.activity). */
   readonly activity: () => number;
   readonly release: ReleaseFreeMemory;
-  /** A full garbage collection (V8's gc(), when node runs with --expose-gc); run before a spell's first release. */
+  /**
+   * A full garbage collection (V8's gc(), when node runs with --expose-gc), run before the first
+   * release of a spell and before releaseNow's.
+   */
   readonly collectGarbage?: () => void;
   readonly log: Logger;
   /** Resident memory in bytes, for the debug line; default process.memoryUsage.rss. */
@@ -56,7 +59,7 @@ export interface IdleTrimmerOptions {
 }
 
 export interface IdleTrimmer {
-  /** Collect and release now, whatever the traffic (once start-up is done: its garbage is known dead). */
+  /** Collect and release now, whatever the traffic: once start-up is done, its garbage is known dead. */
   releaseNow(why: string): void;
   stop(): void;
 }
