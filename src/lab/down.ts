@@ -1,5 +1,6 @@
 import { execFile } from "node:child_process";
-import { existsSync, rmSync } from "node:fs";
+import { existsSync, rmdirSync, rmSync } from "node:fs";
+import { dirname } from "node:path";
 import { promisify } from "node:util";
 import { labStateDir } from "./names.js";
 import { destroyLabNetwork, listLabNamespaces } from "./netns.js";
@@ -66,5 +67,19 @@ export async function labDown(lab: string): Promise<LabDownResult> {
   const removedNamespaces = await destroyLabNetwork(lab);
   const removedStateDir = existsSync(stateDir);
   rmSync(stateDir, { recursive: true, force: true });
+  // The root all labs' state directories live in goes with the last of them.
+  removeDirIfEmpty(dirname(stateDir));
   return { stoppedProcesses, removedNamespaces, removedStateDir };
+}
+
+/** Removes `dir` when it exists and is empty; a directory with entries (another lab's) stays. */
+export function removeDirIfEmpty(dir: string): boolean {
+  try {
+    rmdirSync(dir);
+    return true;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "ENOTEMPTY" || code === "EEXIST" || code === "ENOENT") return false;
+    throw err;
+  }
 }
