@@ -2,7 +2,9 @@
 // the ztunnel pod of each node of a two-node mesh (test/support/meshnet.ts), carrying a meshed
 // client's traffic to a meshed server over HBONE. Each figure is set against a baseline measured in
 // the same run on the same machine: the same path between the non-meshed pods of the same nodes
-// (plain-client → plain-server: same veths, nodes and wire, minus capture and the proxies).
+// (plain-client → plain-server: same veths, nodes and wire, minus capture and the proxies). Two
+// reference columns put the plain pods through two C relays (socat) in the ztunnel pods, plain TCP
+// and with TLS 1.3 between them: what two userspace proxies, and their encryption, cost here.
 //
 //   npm run build && node dist/bench/ztunnel.bench.js [--quick] [--profile throughput|latency]
 //
@@ -60,6 +62,8 @@ const GREETER_PORT = 8080;
 const IPERF_PORT = 5201;
 const RELAY_IPERF_PORT = 7201;
 const RELAY_ECHO_PORT = 7900;
+const TLS_RELAY_IPERF_PORT = 7301;
+const TLS_RELAY_ECHO_PORT = 7901;
 const TARGET = { throughputRatio: 0.5, addedP99Ms: 0.5, idleRssMb: 64, heldRssMb: 128 };
 // How long a ztunnel is left without traffic before its "settled" idle RSS is read: long enough
 // for V8's memory reducer (~8 s after the last activity) and the ztunnel's idle trimming (quiet
@@ -210,30 +214,64 @@ interface Endpoint {
   readonly port: number;
 }
 
+/** A throwaway certificate and key for the TLS reference relays (files in `dir`). */
+interface RelayTls {
+  readonly dir: string;
+  readonly cert: string;
+  readonly key: string;
+}
+
+/** A self-signed ECDSA P-256 certificate, as the ztunnels' are, made with the openssl command. */
+function makeRelayTls(): RelayTls {
+  const dir = mkdtempSync(join(tmpdir(), "offmesh-zbench-tls-"));
+  const tls = { dir, cert: join(dir, "cert.pem"), key: join(dir, "key.pem") };
+  const res = spawnSync(
+    "openssl",
+    [
+      ...["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"],
+      ...["-subj", "/CN=offmesh-bench-relay", "-days", "1", "-keyout", tls.key, "-out", tls.cert],
+    ],
+    { encoding: "utf8" },
+  );
+  if (res.status !== 0) {
+    rmSync(dir, { recursive: true, force: true });
+    throw new BenchError(`openssl req (relay certificate) failed: ${res.stderr || res.error?.message}`);
+  }
+  return tls;
+}
+
 /**
- * The reference proxies: two plain TCP relays in C (socat), one in each node's ztunnel pod, on the
- * same veths and wire the ztunnels use, from the plain client to the plain server. No TLS, no
- * HTTP/2, no capture: what any pair of userspace proxies costs on this machine, for the reader to
- * set the ztunnels' figures against. Returns where the client connects to reach `targetPort` of
- * plain-server through both.
+ * The reference proxies: two relays in C (socat), one in each node's ztunnel pod, on the same veths
+ * and wire the ztunnels use, from the plain client to the plain server; no HTTP/2, no capture.
+ * Plain, they carry TCP: what any pair of userspace proxies costs on this machine. With `tls`, the
+ * hop between them is TLS (OpenSSL's defaults: TLS 1.3, AES-256-GCM first, as the ztunnels
+ * prefer; no certificate checks): what the encryption alone costs. Returns where the client
+ * connects to reach `targetPort` of plain-server through both.
  */
 function startReferenceRelays(
   mesh: MeshNet,
   targetPort: number,
   relayPort: number,
+  tls?: RelayTls,
 ): { readonly entry: Endpoint; readonly listening: Endpoint[]; readonly processes: NetnsProcess[] } {
   const first = mesh.ztunnelOn("single1");
   const second = mesh.ztunnelOn("single2");
   // fork: one child per connection (iperf3 opens two); the process group stops with the parent.
   const relay = (pod: string, listen: string, to: string): NetnsProcess =>
-    mesh.spawn(pod, "socat", [
-      ...["-b", String(256 * 1024)],
-      `TCP-LISTEN:${relayPort},bind=${listen},reuseaddr,fork,nodelay`,
-      `TCP:${to},nodelay`,
-    ]);
+    mesh.spawn(pod, "socat", ["-b", String(256 * 1024), listen, to]);
   const processes = [
-    relay(second.name, second.ip, `${mesh.pod("plain-server").ip}:${targetPort}`),
-    relay(first.name, first.ip, `${second.ip}:${relayPort}`),
+    relay(
+      second.name,
+      tls
+        ? `OPENSSL-LISTEN:${relayPort},bind=${second.ip},reuseaddr,fork,nodelay,cert=${tls.cert},key=${tls.key},verify=0`
+        : `TCP-LISTEN:${relayPort},bind=${second.ip},reuseaddr,fork,nodelay`,
+      `TCP:${mesh.pod("plain-server").ip}:${targetPort},nodelay`,
+    ),
+    relay(
+      first.name,
+      `TCP-LISTEN:${relayPort},bind=${first.ip},reuseaddr,fork,nodelay`,
+      tls ? `OPENSSL:${second.ip}:${relayPort},nodelay,verify=0` : `TCP:${second.ip}:${relayPort},nodelay`,
+    ),
   ];
   const entry = { host: first.ip, port: relayPort };
   return { entry, listening: [{ host: second.ip, port: relayPort }, entry], processes };
@@ -324,6 +362,12 @@ interface ProcessCpu {
   readonly system: number;
 }
 
+interface RelayedResults {
+  readonly throughput: IperfResult;
+  readonly latency1: LoadResult;
+  readonly latency10: LoadResult;
+}
+
 interface Results {
   readonly machine: Machine;
   /** The machine's CPU use with the mesh up but before any load of ours (other processes). */
@@ -343,12 +387,8 @@ interface Results {
   readonly iperfMachineBusy: { readonly direct: CpuTimes; readonly proxied: CpuTimes };
   readonly latency1: { readonly proxied: LoadResult; readonly direct: LoadResult };
   readonly latency10: { readonly proxied: LoadResult; readonly direct: LoadResult };
-  /** The same measurements through two plain C relays (startReferenceRelays). */
-  readonly reference: {
-    readonly throughput: IperfResult;
-    readonly latency1: LoadResult;
-    readonly latency10: LoadResult;
-  };
+  /** The same measurements through two C relays (startReferenceRelays), plain and with TLS between them. */
+  readonly reference: { readonly plain: RelayedResults; readonly tls: RelayedResults };
   readonly afterLoadRssKb: readonly [number, number];
   /** SETTLE_SECONDS after the last load. */
   readonly settledAfterLoadRssKb: readonly [number, number];
@@ -419,17 +459,28 @@ async function measure(
   const iperfCpuPercent = [corePercent(zt1.pid, cpuBefore[0]), corePercent(zt2.pid, cpuBefore[1])] as const;
   await carried(zt1, `${server.ip}:${IPERF_PORT}`, proxied.bitsPerSecond / 8); // ≥ 1 s worth: it was proxied
 
-  const iperfRelays = startReferenceRelays(mesh, IPERF_PORT, RELAY_IPERF_PORT);
-  const echoRelays = startReferenceRelays(mesh, ECHO_PORT, RELAY_ECHO_PORT);
+  const relayTls = makeRelayTls();
+  const relays = {
+    plain: {
+      iperf: startReferenceRelays(mesh, IPERF_PORT, RELAY_IPERF_PORT),
+      echo: startReferenceRelays(mesh, ECHO_PORT, RELAY_ECHO_PORT),
+    },
+    tls: {
+      iperf: startReferenceRelays(mesh, IPERF_PORT, TLS_RELAY_IPERF_PORT, relayTls),
+      echo: startReferenceRelays(mesh, ECHO_PORT, TLS_RELAY_ECHO_PORT, relayTls),
+    },
+  };
+  const allRelays = [relays.plain.iperf, relays.plain.echo, relays.tls.iperf, relays.tls.echo];
   let reference: Results["reference"];
   let latency1: Results["latency1"];
   let latency10: Results["latency10"];
   let afterLoad: { at: number; rssKb: [number, number] } | undefined;
   try {
-    for (const relays of [iperfRelays, echoRelays])
-      for (const hop of relays.listening) await waitForListener(mesh, "plain-client", hop);
-    console.log(`throughput: iperf3 through the reference relays (two socat processes)`);
-    const relayedThroughput = await iperf(mesh, "plain-client", "plain-server", iperfRelays.entry);
+    for (const r of allRelays)
+      for (const hop of r.listening) await waitForListener(mesh, "plain-client", hop);
+    console.log(`throughput: iperf3 through the reference relays (two socat processes, plain, then TLS)`);
+    const relayedThroughput = await iperf(mesh, "plain-client", "plain-server", relays.plain.iperf.entry);
+    const tlsRelayedThroughput = await iperf(mesh, "plain-client", "plain-server", relays.tls.iperf.entry);
 
     console.log(
       `latency: 1 KB at ${RATE} req/s for ${SECONDS} s, 1 and 10 connections: direct, proxied, relayed`,
@@ -444,13 +495,18 @@ async function measure(
     };
     // The ztunnels' last load: what they hold right after it, and a settled reading later.
     afterLoad = { at: Date.now(), rssKb: [zt1.rssKb(), zt2.rssKb()] };
+    const relayedLoad = async (entry: Endpoint, throughput: IperfResult): Promise<RelayedResults> => ({
+      throughput,
+      latency1: await load(mesh, "plain-client", "plain-server", 1, entry),
+      latency10: await load(mesh, "plain-client", "plain-server", 10, entry),
+    });
     reference = {
-      throughput: relayedThroughput,
-      latency1: await load(mesh, "plain-client", "plain-server", 1, echoRelays.entry),
-      latency10: await load(mesh, "plain-client", "plain-server", 10, echoRelays.entry),
+      plain: await relayedLoad(relays.plain.echo.entry, relayedThroughput),
+      tls: await relayedLoad(relays.tls.echo.entry, tlsRelayedThroughput),
     };
   } finally {
-    for (const p of [...iperfRelays.processes, ...echoRelays.processes]) await p.stop("SIGKILL");
+    for (const r of allRelays) for (const p of r.processes) await p.stop("SIGKILL");
+    rmSync(relayTls.dir, { recursive: true, force: true });
   }
   await carried(zt1, `${server.ip}:${ECHO_PORT}`, SIZE * RATE * SECONDS);
   const plainSeen = [...zt1.accessLog(), ...zt2.accessLog()].filter((l) =>
@@ -496,24 +552,28 @@ const pair = (kb: readonly [number, number]): string => `${formatMb(kb[0])} / ${
 
 function report(r: Results): { table: string; notes: string[]; verdict: string[] } {
   const ratio = r.throughput.proxied.bitsPerSecond / r.throughput.direct.bitsPerSecond;
-  const relayedRatio = r.reference.throughput.bitsPerSecond / r.throughput.direct.bitsPerSecond;
+  const relayedThroughput = (relayed: RelayedResults): string =>
+    `${formatGbps(relayed.throughput.bitsPerSecond)} (${(relayed.throughput.bitsPerSecond / r.throughput.direct.bitsPerSecond).toFixed(2)}×)`;
   const added = (l: { proxied: LoadResult; direct: LoadResult }, q: "p50" | "p99" | "p999"): number =>
     l.proxied.latencyUs[q] - l.direct.latencyUs[q];
   const latencyRows = (
     label: string,
     l: { proxied: LoadResult; direct: LoadResult },
-    relayed: LoadResult,
+    relayed: readonly [plain: LoadResult, tls: LoadResult],
     withTarget: boolean,
   ) =>
     (["p50", "p99", "p999"] as const).map((q) => {
       const d = added(l, q);
       const targeted = withTarget && q === "p99";
+      const viaRelays = (x: LoadResult): string =>
+        `${formatMs(x.latencyUs[q])} (${signedMs(x.latencyUs[q] - l.direct.latencyUs[q])})`;
       return [
         `1 KB echo at ${RATE} req/s, ${label}: ${q === "p999" ? "p99.9" : q}`,
         formatMs(l.proxied.latencyUs[q]),
         formatMs(l.direct.latencyUs[q]),
         signedMs(d),
-        `${formatMs(relayed.latencyUs[q])} (${signedMs(relayed.latencyUs[q] - l.direct.latencyUs[q])})`,
+        viaRelays(relayed[0]),
+        viaRelays(relayed[1]),
         targeted ? `added ≤ ${TARGET.addedP99Ms} ms` : "—",
         targeted ? yesNo(d / 1000 <= TARGET.addedP99Ms) : "—",
       ];
@@ -528,6 +588,7 @@ function report(r: Results): { table: string; notes: string[]; verdict: string[]
       "direct (plain pods)",
       "ratio / added",
       "reference: two plain C relays",
+      "reference: two C relays, TLS between them",
       "target",
       "met",
     ],
@@ -537,16 +598,28 @@ function report(r: Results): { table: string; notes: string[]; verdict: string[]
         formatGbps(r.throughput.proxied.bitsPerSecond),
         formatGbps(r.throughput.direct.bitsPerSecond),
         `${ratio.toFixed(2)}×`,
-        `${formatGbps(r.reference.throughput.bitsPerSecond)} (${relayedRatio.toFixed(2)}×)`,
+        relayedThroughput(r.reference.plain),
+        relayedThroughput(r.reference.tls),
         `≥ ${TARGET.throughputRatio.toFixed(2)}×`,
         yesNo(ratio >= TARGET.throughputRatio),
       ],
-      ...latencyRows("1 connection", r.latency1, r.reference.latency1, true),
-      ...latencyRows("10 connections", r.latency10, r.reference.latency10, false),
+      ...latencyRows(
+        "1 connection",
+        r.latency1,
+        [r.reference.plain.latency1, r.reference.tls.latency1],
+        true,
+      ),
+      ...latencyRows(
+        "10 connections",
+        r.latency10,
+        [r.reference.plain.latency10, r.reference.tls.latency10],
+        false,
+      ),
       [
         "RSS idle, 1 s after start + 1 connection, single1 / single2",
         pair(r.idleRssKb),
         `bare node ${formatMb(r.bareNodeRssKb)}`,
+        "—",
         "—",
         "—",
         `≤ ${TARGET.idleRssMb} MB`,
@@ -558,12 +631,14 @@ function report(r: Results): { table: string; notes: string[]; verdict: string[]
         "—",
         "—",
         "—",
+        "—",
         `≤ ${TARGET.idleRssMb} MB`,
         yesNo(settledMax <= TARGET.idleRssMb),
       ],
       [
         `RSS with ${HOLD} open connections, single1 / single2`,
         pair(r.held.rssKb),
+        "—",
         "—",
         "—",
         "—",
@@ -579,7 +654,8 @@ function report(r: Results): { table: string; notes: string[]; verdict: string[]
     `iperf3 retransmits: through ${r.throughput.proxied.retransmits ?? "?"}, direct ${r.throughput.direct.retransmits ?? "?"}; ztunnel CPU during the proxied run: single1 ${processCpu(r.iperfCpuPercent[0])}, single2 ${processCpu(r.iperfCpuPercent[1])}; the whole machine (all ${r.machine.cores} cores) during the proxied run: ${shares(r.iperfMachineBusy.proxied)}; during the direct one: ${shares(r.iperfMachineBusy.direct)}; iperf3's own CPU (sender/receiver): through ${cpuPair(r.throughput.proxied)}, direct ${cpuPair(r.throughput.direct)}.`,
     `Latency detail, 1 connection — through: ${lat(r.latency1.proxied)}; direct: ${lat(r.latency1.direct)}.`,
     `Latency detail, 10 connections — through: ${lat(r.latency10.proxied)}; direct: ${lat(r.latency10.direct)}.`,
-    `Reference relays (two socat processes, plain TCP, 256 KiB buffers, TCP_NODELAY, in the ztunnel pods; no TLS, no HTTP/2, no capture): iperf3 retransmits ${r.reference.throughput.retransmits ?? "?"}; latency 1 connection ${lat(r.reference.latency1)}; 10 connections ${lat(r.reference.latency10)}.`,
+    `Reference relays (two socat processes, 256 KiB buffers, TCP_NODELAY, in the ztunnel pods; no HTTP/2, no capture), plain TCP: iperf3 retransmits ${r.reference.plain.throughput.retransmits ?? "?"}; latency 1 connection ${lat(r.reference.plain.latency1)}; 10 connections ${lat(r.reference.plain.latency10)}.`,
+    `The same relays with TLS between them (socat's OpenSSL, its defaults: TLS 1.3, AES-256-GCM preferred, as the ztunnels; a self-signed P-256 certificate, not checked): iperf3 retransmits ${r.reference.tls.throughput.retransmits ?? "?"}, iperf3's CPU ${cpuPair(r.reference.tls.throughput)}; latency 1 connection ${lat(r.reference.tls.latency1)}; 10 connections ${lat(r.reference.tls.latency10)}.`,
     `Streams the ztunnels tracked while ${HOLD} connections were held (client leg + tunnel leg each): single1 ${r.held.tracked[0]}, single2 ${r.held.tracked[1]}.`,
     `RSS right after the ztunnels' last load (10 connections at ${RATE} req/s, after iperf3 and the held connections): ${pair(r.afterLoadRssKb)}; ${SETTLE_SECONDS} s later, without traffic: ${pair(r.settledAfterLoadRssKb)}; peak (VmHWM) over the run: ${pair(r.peakRssKb)}.`,
   ];
@@ -677,6 +753,7 @@ async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new BenchError("run as root: the mesh needs network namespaces");
   ensureTool("iperf3", "iperf3");
   ensureTool("socat", "socat");
+  ensureTool("openssl", "openssl");
   const machine = describeMachine();
   console.log(machineLine(machine));
   const mesh = await createMeshNet("zbench");
@@ -696,7 +773,7 @@ async function main(): Promise<void> {
       [
         `## ${new Date().toISOString().slice(0, 10)} — ztunnel: two processes, HBONE between two nodes`,
         "",
-        `${machineLine(machine)} One machine holds everything: both nodes (network namespaces on a veth wire), the pods, both ztunnel processes (\`node ${nodeArgs.join(" ")} bin/offmesh ztunnel run\`, log level info, so one access-log line per connection), the control plane and the load generators. Baseline: the non-meshed pods plain-client → plain-server on the same nodes (same veths and wire, no capture, no proxy). Reference column: the same plain pods through two plain TCP relays written in C (socat, one in each ztunnel pod) — the cost of any two userspace proxies on this machine, without TLS, HTTP/2 or capture.`,
+        `${machineLine(machine)} One machine holds everything: both nodes (network namespaces on a veth wire), the pods, both ztunnel processes (\`node ${nodeArgs.join(" ")} bin/offmesh ztunnel run\`, log level info, so one access-log line per connection), the control plane and the load generators. Baseline: the non-meshed pods plain-client → plain-server on the same nodes (same veths and wire, no capture, no proxy). Reference columns: the same plain pods through two relays written in C (socat, one in each ztunnel pod), plain TCP — the cost of any two userspace proxies on this machine, without TLS, HTTP/2 or capture — and with TLS 1.3 (OpenSSL) between them — what the encryption adds, still without HTTP/2 or capture.`,
         "",
         table,
         "",
