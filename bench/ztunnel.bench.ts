@@ -460,22 +460,27 @@ async function measure(
   await carried(zt1, `${server.ip}:${IPERF_PORT}`, proxied.bitsPerSecond / 8); // ≥ 1 s worth: it was proxied
 
   const relayTls = makeRelayTls();
-  const relays = {
-    plain: {
-      iperf: startReferenceRelays(mesh, IPERF_PORT, RELAY_IPERF_PORT),
-      echo: startReferenceRelays(mesh, ECHO_PORT, RELAY_ECHO_PORT),
-    },
-    tls: {
-      iperf: startReferenceRelays(mesh, IPERF_PORT, TLS_RELAY_IPERF_PORT, relayTls),
-      echo: startReferenceRelays(mesh, ECHO_PORT, TLS_RELAY_ECHO_PORT, relayTls),
-    },
+  const allRelays: ReturnType<typeof startReferenceRelays>[] = [];
+  const startRelays = (...args: Parameters<typeof startReferenceRelays>) => {
+    const started = startReferenceRelays(...args);
+    allRelays.push(started);
+    return started;
   };
-  const allRelays = [relays.plain.iperf, relays.plain.echo, relays.tls.iperf, relays.tls.echo];
   let reference: Results["reference"];
   let latency1: Results["latency1"];
   let latency10: Results["latency10"];
   let afterLoad: { at: number; rssKb: [number, number] } | undefined;
   try {
+    const relays = {
+      plain: {
+        iperf: startRelays(mesh, IPERF_PORT, RELAY_IPERF_PORT),
+        echo: startRelays(mesh, ECHO_PORT, RELAY_ECHO_PORT),
+      },
+      tls: {
+        iperf: startRelays(mesh, IPERF_PORT, TLS_RELAY_IPERF_PORT, relayTls),
+        echo: startRelays(mesh, ECHO_PORT, TLS_RELAY_ECHO_PORT, relayTls),
+      },
+    };
     for (const r of allRelays)
       for (const hop of r.listening) await waitForListener(mesh, "plain-client", hop);
     console.log(`throughput: iperf3 through the reference relays (two socat processes, plain, then TLS)`);
