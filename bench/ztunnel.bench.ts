@@ -583,9 +583,27 @@ function report(r: Results): { table: string; notes: string[]; verdict: string[]
         targeted ? yesNo(d / 1000 <= TARGET.addedP99Ms) : "—",
       ];
     });
-  const idleMax = Math.max(...r.idleRssKb) / 1024;
-  const settledMax = Math.max(...r.settledIdleRssKb) / 1024;
-  const heldMax = Math.max(...r.held.rssKb) / 1024;
+  // The larger of the two ztunnels' RSS is what a target is held to.
+  const maxMb = (kb: readonly [number, number]): number => Math.max(...kb) / 1024;
+  // Columns as the table's; the comparison columns stay empty.
+  const memoryRow = (
+    label: string,
+    kb: readonly [number, number],
+    targetMb: number,
+    direct = "—",
+  ): string[] => [
+    `${label}, single1 / single2`,
+    pair(kb),
+    direct,
+    "—",
+    "—",
+    "—",
+    `≤ ${targetMb} MB`,
+    yesNo(maxMb(kb) <= targetMb),
+  ];
+  const idleMax = maxMb(r.idleRssKb);
+  const settledMax = maxMb(r.settledIdleRssKb);
+  const heldMax = maxMb(r.held.rssKb);
   const table = markdownTable(
     [
       "measurement",
@@ -620,36 +638,18 @@ function report(r: Results): { table: string; notes: string[]; verdict: string[]
         [r.reference.plain.latency10, r.reference.tls.latency10],
         false,
       ),
-      [
-        "RSS idle, 1 s after start + 1 connection, single1 / single2",
-        pair(r.idleRssKb),
+      memoryRow(
+        "RSS idle, 1 s after start + 1 connection",
+        r.idleRssKb,
+        TARGET.idleRssMb,
         `bare node ${formatMb(r.bareNodeRssKb)}`,
-        "—",
-        "—",
-        "—",
-        `≤ ${TARGET.idleRssMb} MB`,
-        yesNo(idleMax <= TARGET.idleRssMb),
-      ],
-      [
-        `RSS idle, settled: ${SETTLE_SECONDS} s after start + 1 connection, single1 / single2`,
-        pair(r.settledIdleRssKb),
-        "—",
-        "—",
-        "—",
-        "—",
-        `≤ ${TARGET.idleRssMb} MB`,
-        yesNo(settledMax <= TARGET.idleRssMb),
-      ],
-      [
-        `RSS with ${HOLD} open connections, single1 / single2`,
-        pair(r.held.rssKb),
-        "—",
-        "—",
-        "—",
-        "—",
-        `≤ ${TARGET.heldRssMb} MB`,
-        yesNo(heldMax <= TARGET.heldRssMb),
-      ],
+      ),
+      memoryRow(
+        `RSS idle, settled: ${SETTLE_SECONDS} s after start + 1 connection`,
+        r.settledIdleRssKb,
+        TARGET.idleRssMb,
+      ),
+      memoryRow(`RSS with ${HOLD} open connections`, r.held.rssKb, TARGET.heldRssMb),
     ],
   );
   const lat = (l: LoadResult): string =>
