@@ -6,7 +6,7 @@
 // reference columns put the plain pods through two C relays (socat) in the ztunnel pods, plain TCP
 // and with TLS 1.3 between them: what two userspace proxies, and their encryption, cost here.
 //
-//   npm run build && node dist/bench/ztunnel.bench.js [--quick] [--profile throughput|latency]
+//   npm run build && node dist/bench/ztunnel.bench.js [--quick] [--profile throughput|latency|machine]
 //
 // - throughput: iperf3, one stream, 10 s;
 // - latency: 1 KB request / 1 KB echo at a fixed 1,000 req/s for 10 s over one connection (and over
@@ -16,8 +16,10 @@
 //   1,000 connections held open through them (ztunnel-hold.ts); right after their last load and
 //   SETTLE_SECONDS later.
 // Appends a dated section to bench/results/ztunnel.md. --quick runs 3 s tests and 200 connections
-// and records nothing. --profile runs one scenario through ztunnels started with --cpu-prof and
-// prints (and records) where their CPU time goes.
+// and records nothing. --profile throughput|latency runs one scenario through ztunnels started with
+// --cpu-prof and prints (and records) where their CPU time goes; --profile machine samples the whole
+// machine with `perf record -a` during one proxied iperf3 stream and records how far any change to
+// the ztunnels' own code could raise it (ztunnel-machine-cpu.ts).
 import { execFile, spawnSync } from "node:child_process";
 import { appendFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { availableParallelism, loadavg, release, tmpdir } from "node:os";
@@ -32,6 +34,7 @@ import { startZtunnelProcess } from "../test/support/ztunnel-process.js";
 import type { ZtunnelProcess } from "../test/support/ztunnel-process.js";
 import { ZTUNNEL_NODE_FLAGS } from "../src/ztunnel/daemon.js";
 import type { LoadResult } from "./ztunnel-loadgen.js";
+import { kernelWorkOf, parsePerfReport, splitMachineCpu, throughputIfFreed } from "./ztunnel-machine-cpu.js";
 import {
   cpuTicksOfStat,
   cpuShares,
@@ -700,8 +703,9 @@ function record(text: string): void {
 // ---- profile mode ----
 
 async function profile(mesh: MeshNet, machine: Machine, scenario: string): Promise<void> {
+  if (scenario === "machine") return machineProfile(mesh, machine);
   if (scenario !== "throughput" && scenario !== "latency")
-    throw new BenchError(`--profile takes throughput or latency, not ${scenario}`);
+    throw new BenchError(`--profile takes throughput, latency or machine, not ${scenario}`);
   const dir = mkdtempSync(join(tmpdir(), "offmesh-ztprof-"));
   try {
     const zts = await startZtunnels(mesh, ["--cpu-prof", `--cpu-prof-dir=${dir}`]);
@@ -748,6 +752,94 @@ async function profile(mesh: MeshNet, machine: Machine, scenario: string): Promi
     console.log(text);
     if (!QUICK) record(text);
   } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Where the whole machine's CPU goes while the ztunnels carry one iperf3 stream (`perf record -a`),
+ * and what that bounds: the most the stream could carry if the ztunnels' own code cost nothing.
+ */
+async function machineProfile(mesh: MeshNet, machine: Machine): Promise<void> {
+  ensureTool("perf", "linux-perf");
+  const dir = mkdtempSync(join(tmpdir(), "offmesh-ztperf-"));
+  const zts = await startZtunnels(mesh, [...ZTUNNEL_NODE_FLAGS]);
+  try {
+    const before = machineCpu();
+    const direct = await iperf(mesh, "plain-client", "plain-server");
+    const directBusy = busySince(before).busy;
+    const data = join(dir, "perf.data");
+    // Sampled inside the stream: from 1 s after it starts until 1 s before it ends.
+    const sampledSeconds = Math.max(1, SECONDS - 2);
+    const proxiedRun = iperf(mesh, "client", "server");
+    await sleep(1_000);
+    await run("perf", ["record", "-a", "-F", "999", "-o", data, "--", "sleep", String(sampledSeconds)]);
+    const proxied = await proxiedRun;
+    const report = await run(
+      "perf",
+      [
+        "report",
+        "-i",
+        data,
+        "-n",
+        "--no-children",
+        "--sort",
+        "pid,dso,sym",
+        "-g",
+        "none",
+        "-t",
+        ";",
+        "--stdio",
+      ],
+      { maxBuffer: 256 * 1024 * 1024 },
+    );
+    const rows = parsePerfReport(report.stdout);
+    const pids = zts.map((z) => z.pid);
+    const split = splitMachineCpu(rows, { ztunnelPids: pids, loadCommands: ["iperf3"] });
+    const share = (n: number): string => `${((100 * n) / split.total).toFixed(1)}%`;
+    const bound = (freed: number): string => {
+      const bps = throughputIfFreed(proxied.bitsPerSecond, split, freed);
+      return `${formatGbps(bps)} (${(bps / direct.bitsPerSecond).toFixed(2)}× of direct)`;
+    };
+    const others = [...split.otherByCommand.entries()]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, 4)
+      .map(([command, n]) => `${command} ${share(n)}`)
+      .join(", ");
+    const kernel = [...kernelWorkOf(rows, pids).entries()].map(([kind, n]) => [
+      `ztunnels' kernel time: ${kind}`,
+      share(n),
+    ]);
+    const table = markdownTable(
+      ["where the machine's CPU went (perf samples, both cores)", "share"],
+      [
+        ["ztunnels, OpenSSL (TLS records, AES-GCM)", share(split.ztunnelOpenssl)],
+        ["ztunnels, the rest of user space (V8, JavaScript, Node's C++, libc)", share(split.ztunnelUser)],
+        [
+          "ztunnels, kernel (their syscalls; a send also runs the next hop's receive)",
+          share(split.ztunnelKernel),
+        ],
+        ...kernel,
+        ["iperf3 client and server, user and kernel", share(split.load)],
+        [`everything else: ${others}`, share(split.other)],
+        ["idle", share(split.idle)],
+      ],
+    );
+    const text = [
+      `## ${new Date().toISOString().slice(0, 10)} — ztunnel: where the machine's CPU goes during one iperf3 stream`,
+      "",
+      `${machineLine(machine)} \`--profile machine\`: one ${SECONDS} s iperf3 stream direct (plain pods; machine ${directBusy.toFixed(0)}% busy): ${formatGbps(direct.bitsPerSecond)}; then through the ztunnels: ${formatGbps(proxied.bitsPerSecond)} (${(proxied.bitsPerSecond / direct.bitsPerSecond).toFixed(2)}× of direct), while \`perf record -a -F 999\` sampled both cores for ${sampledSeconds} s (${split.total} samples).`,
+      "",
+      table,
+      "",
+      `If the ztunnels' user space other than OpenSSL cost nothing and every core were kept busy, the stream could carry at most ${bound(split.ztunnelUser)}. If their encryption cost nothing too, at most ${bound(split.ztunnelUser + split.ztunnelOpenssl)}: what is left is the kernel's work for this path.`,
+      "",
+      "",
+    ].join("\n");
+    console.log(text);
+    if (!QUICK) record(text);
+  } finally {
+    for (const z of zts) await z.stop(10_000);
     rmSync(dir, { recursive: true, force: true });
   }
 }
