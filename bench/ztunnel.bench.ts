@@ -771,10 +771,12 @@ async function machineProfile(mesh: MeshNet, machine: Machine): Promise<void> {
     const data = join(dir, "perf.data");
     // Sampled inside the stream: from 1 s after it starts until 1 s before it ends.
     const sampledSeconds = Math.max(1, SECONDS - 2);
-    const proxiedRun = iperf(mesh, "client", "server");
-    await sleep(1_000);
-    await run("perf", ["record", "-a", "-F", "999", "-o", data, "--", "sleep", String(sampledSeconds)]);
-    const proxied = await proxiedRun;
+    const sampled = sleep(1_000).then(() =>
+      run("perf", ["record", "-a", "-F", "999", "-o", data, "--", "sleep", String(sampledSeconds)]),
+    );
+    // Both awaited together: a failing perf must not leave the stream's promise unwatched.
+    const [proxied] = await Promise.all([iperf(mesh, "client", "server"), sampled]);
+    await carried(zts[0], `${mesh.pod("server").ip}:${IPERF_PORT}`, proxied.bitsPerSecond / 8);
     const report = await run(
       "perf",
       [
@@ -821,7 +823,7 @@ async function machineProfile(mesh: MeshNet, machine: Machine): Promise<void> {
         ],
         ...kernel,
         ["iperf3 client and server, user and kernel", share(split.load)],
-        [`everything else: ${others}`, share(split.other)],
+        [`everything else: ${others || "nothing"}`, share(split.other)],
         ["idle", share(split.idle)],
       ],
     );
