@@ -799,10 +799,9 @@ async function machineProfile(mesh: MeshNet, machine: Machine): Promise<void> {
     const pids = zts.map((z) => z.pid);
     const split = splitMachineCpu(rows, { ztunnelPids: pids, loadCommands: ["iperf3"] });
     const share = (n: number): string => `${((100 * n) / split.total).toFixed(1)}%`;
-    const bound = (freed: number): string => {
-      const bps = throughputIfFreed(proxied.bitsPerSecond, split, freed);
-      return `${formatGbps(bps)} (${(bps / direct.bitsPerSecond).toFixed(2)}× of direct)`;
-    };
+    const ofDirect = (bps: number): string =>
+      `${formatGbps(bps)} (${(bps / direct.bitsPerSecond).toFixed(2)}× of direct)`;
+    const bound = (freed: number): string => ofDirect(throughputIfFreed(proxied.bitsPerSecond, split, freed));
     const others = [...split.otherByCommand.entries()]
       .sort((a, b) => b[1] - a[1])
       .slice(0, 4)
@@ -830,7 +829,7 @@ async function machineProfile(mesh: MeshNet, machine: Machine): Promise<void> {
     const text = [
       `## ${new Date().toISOString().slice(0, 10)} — ztunnel: where the machine's CPU goes during one iperf3 stream`,
       "",
-      `${machineLine(machine)} \`--profile machine\`: one ${SECONDS} s iperf3 stream direct (plain pods; machine ${directBusy.toFixed(0)}% busy): ${formatGbps(direct.bitsPerSecond)}; then through the ztunnels: ${formatGbps(proxied.bitsPerSecond)} (${(proxied.bitsPerSecond / direct.bitsPerSecond).toFixed(2)}× of direct), while \`perf record -a -F 999\` sampled both cores for ${sampledSeconds} s (${split.total} samples).`,
+      `${machineLine(machine)} \`--profile machine\`: one ${SECONDS} s iperf3 stream direct (plain pods; machine ${directBusy.toFixed(0)}% busy): ${formatGbps(direct.bitsPerSecond)}; then through the ztunnels: ${ofDirect(proxied.bitsPerSecond)}, while \`perf record -a -F 999\` sampled both cores for ${sampledSeconds} s (${split.total} samples).`,
       "",
       table,
       "",
